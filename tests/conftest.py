@@ -1,0 +1,103 @@
+"""Shared fixtures: a tiny random LLaMA with a real (small, trained here) BPE tokenizer, and the real SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_DATA = ROOT / "data" / "arc_easy_train_600.jsonl"
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_tokenizer(chat: bool = True):
+    """A byte-level BPE tokenizer (vocab 400) trained on the shipped ARC-Easy slice."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [json.loads(line)["instruction"] for line in TRAIN_DATA.read_text().splitlines()[:200]]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    if chat:
+        fast.chat_template = CHATML
+    return fast
+
+
+def save_tiny_model(folder: Path, layers: int = 4, chat: bool = True, seed: int = 0) -> Path:
+    """A random LLaMA (hidden 32, ``layers`` blocks) saved as a Hugging Face folder with its tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = make_tokenizer(chat)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def smol_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once into the user cache (about 30 s the first time)."""
+    from xgblora_cli.models import resolve_model_dir
+
+    return resolve_model_dir("smollm2-135m")
+
+
+def write_recipe(path: Path, **fields) -> Path:
+    """Write a YAML recipe; nested dicts become blocks."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(fields, sort_keys=False))
+    return path
+
+
+def tiny_recipe(tmp_path: Path, model_dir: Path, **overrides) -> dict:
+    recipe = {
+        "model": str(model_dir),
+        "dataset": str(TRAIN_DATA),
+        "output_dir": str(tmp_path / "run"),
+        "method": "xgblora",
+        "layers_per_booster": 2,
+        "steps_per_booster": 3,
+        "seed": 0,
+        "train": {"max_steps": 8, "batch_size": 2, "learning_rate": 1e-2, "max_seq_len": 64, "checkpoint_every": 2},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            recipe.setdefault(key, {}).update(value)
+        else:
+            recipe[key] = value
+    return recipe
+
+
+def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m xgblora_cli ARGS`` in a fresh process."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "xgblora_cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT)

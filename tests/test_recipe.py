@@ -1,0 +1,93 @@
+"""Recipes: every shipped recipe loads; types, ranges, unknown keys, overrides and method presets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from xgblora_cli.errors import UserError
+from xgblora_cli.recipe import Recipe, TrainArgs, load_recipe, recipe_from_dict, resolve_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+BASE = {"model": "m", "dataset": "d.json", "output_dir": "runs/x"}
+
+
+def make(**fields) -> Recipe:
+    return recipe_from_dict({**BASE, **fields}, "r.yaml")
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_loads_and_names_its_command(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert isinstance(recipe.train, TrainArgs)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# Run: xgblora train recipes/" + path.name), first
+
+
+def test_recipes_exist() -> None:
+    assert any(p.name == "quickstart.yaml" for p in RECIPES)
+
+
+def test_overrides_reach_nested_keys_and_parse_values() -> None:
+    recipe = recipe_from_dict(BASE, "r.yaml", ["train.learning_rate=1e-4", "rank=2", "method=cola", "target_modules=q_proj,v_proj"])
+    assert recipe.train.learning_rate == pytest.approx(1e-4)
+    assert recipe.rank == 2 and recipe.method == "cola"
+    assert recipe.target_modules == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "overrides", "expected"),
+    [
+        ({"rnak": 1}, [], "r.yaml: rnak: unknown key (did you mean 'rank'?)"),
+        ({"train": {"lerning_rate": 1}}, [], "train.lerning_rate: unknown key (did you mean 'train.learning_rate'?)"),
+        ({"rank": "one"}, [], "r.yaml: rank: expected an integer, got 'one'"),
+        ({"rank": 0}, [], "r.yaml: rank: must be >= 1, got 0"),
+        ({"train": {"learning_rate": -1}}, [], "train.learning_rate: must be > 0"),
+        ({"method": "dora"}, [], "method: must be one of xgblora, cola, lora"),
+        ({"steps_per_booster": 500}, [], "steps_per_booster: must be <= train.max_steps (100)"),
+        ({"layers_per_booster": "some"}, [], "layers_per_booster: must be an integer >= 1 or 'all'"),
+        ({"train": 3}, [], "train: expected a mapping of settings"),
+        ({}, ["train.max_steps"], "override 'train.max_steps': an override must look like dotted.key=value"),
+        ({}, ["train.max_steps=0"], "train.max_steps: must be >= 1, got 0"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(fields, overrides, expected) -> None:
+    with pytest.raises(UserError) as info:
+        recipe_from_dict({**BASE, **fields}, "r.yaml", overrides)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_required_key() -> None:
+    with pytest.raises(UserError, match="r.yaml: model: is required"):
+        recipe_from_dict({"dataset": "d", "output_dir": "o"}, "r.yaml")
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: m\ntrain: [unclosed\n")
+    with pytest.raises(UserError, match=r"bad.yaml: not valid YAML \(line"):
+        load_recipe(path)
+
+
+def test_presets_are_values_of_one_loop() -> None:
+    steps = {"train": {"max_steps": 90}}
+    xgb = resolve_plan(make(method="xgblora", **steps), num_layers=30)
+    cola = resolve_plan(make(method="cola", **steps), num_layers=30)
+    lora = resolve_plan(make(method="lora", **steps), num_layers=30)
+    assert (xgb.rank, xgb.layers_per_booster, xgb.steps_per_booster, xgb.num_boosters) == (1, 4, 10, 9)
+    assert (cola.rank, cola.layers_per_booster, cola.steps_per_booster, cola.num_boosters) == (8, 30, 30, 3)
+    assert (lora.rank, lora.layers_per_booster, lora.steps_per_booster, lora.num_boosters) == (8, 30, 90, 1)
+    assert xgb.scale == 2.0
+
+
+def test_explicit_values_beat_the_preset_and_T_rounds_up() -> None:
+    plan = resolve_plan(make(rank=2, alpha=8, layers_per_booster=3, steps_per_booster=7), num_layers=12)
+    assert (plan.rank, plan.scale, plan.layers_per_booster, plan.num_boosters) == (2, 4.0, 3, 15)
+
+
+def test_k_larger_than_the_model_is_refused() -> None:
+    with pytest.raises(ValueError, match="layers_per_booster: must be <= the model's 4 blocks, got 6"):
+        resolve_plan(make(layers_per_booster=6), num_layers=4)

@@ -1,0 +1,3 @@
+from xgblora_cli.cli import main
+
+main()

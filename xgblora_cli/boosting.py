@@ -1,0 +1,178 @@
+"""The boosting engine: which blocks booster t adapts, attaching and detaching adapters, merging.
+
+One engine serves XGBLoRA, COLA and LoRA: they differ only in the :class:`~xgblora_cli.recipe.BoosterPlan`
+values (rank, blocks per booster k, steps per booster kappa). Every random choice is seeded by position:
+booster t's blocks and its adapters' init depend on ``(seed, t)`` alone, so a resumed run makes the same choices.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from xgblora_cli.adapter import LoRALinear
+from xgblora_cli.errors import UserError
+from xgblora_cli.models import find_blocks
+from xgblora_cli.recipe import BoosterPlan
+from xgblora_cli.record import Booster, MergedWeights
+from xgblora_cli.seeding import seeded_generator
+
+
+def booster_blocks(seed: int, index: int, num_layers: int, k: int) -> list[int]:
+    """The k distinct blocks (sorted) that booster ``index`` adapts, drawn uniformly without replacement."""
+    perm = torch.randperm(num_layers, generator=seeded_generator(seed, index, "blocks"))
+    return sorted(perm[:k].tolist())
+
+
+@dataclass
+class ActiveBooster:
+    """The booster being trained: its index, blocks and ``{weight name: adapter}``."""
+
+    index: int
+    blocks: list[int]
+    adapters: dict[str, LoRALinear]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for name in sorted(self.adapters) for p in (self.adapters[name].lora_a, self.adapters[name].lora_b)]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The adapter factors by name, for checkpoints."""
+        out = {}
+        for name, adapter in self.adapters.items():
+            out[f"{name}::A"] = adapter.lora_a.detach().clone()
+            out[f"{name}::B"] = adapter.lora_b.detach().clone()
+        return out
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, adapter in self.adapters.items():
+                adapter.lora_a.copy_(tensors[f"{name}::A"])
+                adapter.lora_b.copy_(tensors[f"{name}::B"])
+
+    def is_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.parameters())
+
+
+Targets = list[dict[str, tuple[nn.Module, str]]]
+
+
+def find_targets(model: nn.Module, target_modules: list[str]) -> Targets:
+    """Per block, ``{weight name: (parent module, attribute)}`` of every targeted ``nn.Linear``."""
+    blocks = find_blocks(model)
+    prefix = next(name for name, module in model.named_modules() if module is blocks)
+    found: Targets = []
+    seen: set[str] = set()
+    linear_names: set[str] = set()
+    for i, block in enumerate(blocks):
+        layers: dict[str, tuple[nn.Module, str]] = {}
+        for path, module in block.named_modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            parent_path, _, attr = path.rpartition(".")
+            linear_names.add(attr)
+            if attr in target_modules:
+                layers[f"{prefix}.{i}.{path}.weight"] = (block.get_submodule(parent_path), attr)
+                seen.add(attr)
+        found.append(layers)
+    missing = [t for t in target_modules if t not in seen]
+    if missing:
+        have = ", ".join(sorted(linear_names)) or "none"
+        raise UserError(f"target_modules: {', '.join(missing)} match no linear layer of the model's blocks; they have: {have}")
+    return found
+
+
+def trainable_per_booster(targets: Targets, plan: BoosterPlan) -> int:
+    """Adapter parameters of one booster (on the first k blocks): r * (d_in + d_out) per adapted layer."""
+    total = 0
+    for layers in targets[: plan.layers_per_booster]:
+        for parent, attr in layers.values():
+            d_out, d_in = getattr(parent, attr).weight.shape
+            total += plan.rank * (d_in + d_out)
+    return total
+
+
+def _frozen_forward(forward, *args, **kwargs):
+    with torch.no_grad():
+        return forward(*args, **kwargs)
+
+
+def _checkpointed_forward(forward, *args, **kwargs):
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+
+
+class BoostingEngine:
+    """Attaches boosters to a model's blocks and merges them into its weights through ``merged``.
+
+    Args:
+        model: a causal LM whose base parameters are frozen.
+        plan: rank, alpha, k and kappa.
+        target_modules: attribute names of the linear layers to adapt in each block (``q_proj``, ...).
+        seed: the run's seed.
+        merged: the exact-weights cache (base + merged boosters).
+        gradient_checkpointing: recompute activations of adapted-and-above blocks in backward.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        plan: BoosterPlan,
+        target_modules: list[str],
+        seed: int,
+        merged: MergedWeights,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        self.model = model
+        self.plan = plan
+        self.seed = seed
+        self.merged = merged
+        self.gradient_checkpointing = gradient_checkpointing
+        self.blocks = find_blocks(model)
+        self.targets = find_targets(model, target_modules)
+
+    def start(self, index: int) -> ActiveBooster:
+        """Attach fresh adapters for booster ``index`` to its k blocks."""
+        blocks = booster_blocks(self.seed, index, self.plan.num_layers, self.plan.layers_per_booster)
+        generator = seeded_generator(self.seed, index, "init")
+        adapters: dict[str, LoRALinear] = {}
+        for block in blocks:
+            for name in sorted(self.targets[block]):
+                parent, attr = self.targets[block][name]
+                adapter = LoRALinear(getattr(parent, attr), self.plan.rank, self.plan.scale, generator)
+                setattr(parent, attr, adapter)
+                adapters[name] = adapter
+        self._set_block_modes(min(blocks))
+        return ActiveBooster(index, blocks, adapters)
+
+    def _set_block_modes(self, lowest: int | None) -> None:
+        """Blocks below ``lowest`` run under ``no_grad``; the rest are optionally checkpointed."""
+        for i, block in enumerate(self.blocks):
+            block.__dict__.pop("forward", None)
+            if lowest is None:
+                continue
+            if i < lowest:
+                block.forward = functools.partial(_frozen_forward, block.forward)
+            elif self.gradient_checkpointing:
+                block.forward = functools.partial(_checkpointed_forward, block.forward)
+
+    def _detach(self, booster: ActiveBooster) -> None:
+        for block in booster.blocks:
+            for name, (parent, attr) in self.targets[block].items():
+                adapter = getattr(parent, attr)
+                if isinstance(adapter, LoRALinear):
+                    setattr(parent, attr, adapter.base)
+        self._set_block_modes(None)
+
+    def merge(self, booster: ActiveBooster) -> Booster:
+        """Fold the booster into the weights (exactly, from base + all factors) and detach it."""
+        record = Booster(booster.index, booster.blocks, {n: a.factors() for n, a in booster.adapters.items()})
+        self._detach(booster)
+        self.merged.write_into(self.model, self.merged.add(record))
+        return record
+
+    def discard(self, booster: ActiveBooster) -> None:
+        """Detach the booster without merging it."""
+        self._detach(booster)

@@ -1,0 +1,98 @@
+"""The ``xgblora`` command line: train, merge. A user error is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from xgblora_cli.errors import UserError
+from xgblora_cli.recipe import Recipe, load_recipe, recipe_to_yaml
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Gradient-boosted rank-1 LoRA fine-tuning.")
+console = Console(stderr=True)
+
+
+def user_errors(func: Callable) -> Callable:
+    """Turn UserError into one line and exit 2; Ctrl-C into a resume hint and exit 130."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted; work since the last checkpoint is lost (continue with --resume)", file=sys.stderr)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _dry_run(recipe: Recipe, source: str) -> None:
+    from xgblora_cli.boosting import find_targets, trainable_per_booster
+    from xgblora_cli.models import load_skeleton, resolve_model_dir
+    from xgblora_cli.train import plan_for
+
+    model = load_skeleton(resolve_model_dir(recipe.model))
+    plan = plan_for(recipe, model, source)
+    trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
+    print(recipe_to_yaml(recipe), end="")
+    table = Table(title="boosting plan", show_header=False)
+    for key, value in [
+        ("method", recipe.method),
+        ("boosters T", plan.num_boosters),
+        ("steps per booster (kappa)", plan.steps_per_booster),
+        ("blocks per booster (k)", f"{plan.layers_per_booster} of {plan.num_layers}"),
+        ("rank r / alpha / scale", f"{plan.rank} / {plan.alpha:g} / {plan.scale:g}"),
+        ("trainable parameters per booster", f"{trainable:,}"),
+    ]:
+        table.add_row(key, str(value))
+    Console().print(table)
+    print(f"boosters={plan.num_boosters} trainable_per_booster={trainable}")
+
+
+@app.command()
+@user_errors
+def train(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="YAML recipe"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="overrides, e.g. train.max_steps=50"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the resolved recipe and plan, train nothing"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in output_dir from its checkpoint"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty output_dir"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
+) -> None:
+    """Fine-tune a model with the boosting loop described by RECIPE."""
+    recipe = load_recipe(recipe_path, overrides or [])
+    if dry_run:
+        _dry_run(recipe, str(recipe_path))
+        return
+    from xgblora_cli.train import start_run
+
+    run_dir = start_run(recipe, str(recipe_path), resume=resume, overwrite=overwrite, progress=progress)
+    console.print(f"done: {run_dir}  (merge with: xgblora merge {run_dir} --out {run_dir}/merged)")
+
+
+@app.command()
+@user_errors
+def merge(
+    run_dir: Path = typer.Argument(..., help="a run directory written by 'xgblora train'"),
+    out: Path = typer.Option(..., "--out", help="folder for the merged Hugging Face model"),
+    force: bool = typer.Option(False, "--force", help="replace a non-empty --out"),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: the run's)"),
+) -> None:
+    """Write base model + merged boosters as a Hugging Face folder."""
+    from xgblora_cli.export import merge_run
+
+    summary = merge_run(run_dir, out, force=force, dtype=dtype)
+    console.print(f"merged {summary['boosters']} boosters ({len(summary['touched_weights'])} weights changed) into {out}")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,10 @@
+"""The one exception type that the CLI turns into a single line and exit code 2."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A mistake in the user's input (recipe, paths, flags): shown as one line, exit code 2.
+
+    The message should name the file and the key at fault, and what is allowed.
+    """

@@ -1,0 +1,69 @@
+"""``xgblora merge``: base model + booster record -> a Hugging Face folder (safetensors, config, tokenizer).
+
+Each touched weight is summed in fp32 from the base tensor and all its boosters' factors and rounded once to
+the export dtype; untouched tensors are the base's, bit for bit. The folder is built beside ``--out`` and
+renamed into place, so an interrupted merge never leaves a half-written model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from xgblora_cli.errors import UserError
+from xgblora_cli.models import BaseWeights, load_model, load_tokenizer
+from xgblora_cli.recipe import DTYPES
+from xgblora_cli.record import Record, apply_record
+from xgblora_cli.rundir import RunDir
+
+
+def check_out(out: Path, force: bool, base_dir: Path) -> None:
+    if out.resolve() == base_dir.resolve() or base_dir.resolve() in out.resolve().parents:
+        raise UserError(f"--out {out}: must not be inside the base model folder {base_dir} (base files are never written)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise UserError(f"--out {out}: folder exists and is not empty; pass --force to replace it")
+
+
+def run_base_dir(run: RunDir) -> Path:
+    if not run.is_run():
+        raise UserError(f"{run.path}: not a run directory (expected recipe.yaml and run.json from 'xgblora train')")
+    base_dir = Path(run.info()["model_dir"])
+    if not (base_dir / "config.json").is_file():
+        raise UserError(f"{run.path}: its base model folder {base_dir} is gone; restore it or re-run 'xgblora train'")
+    return base_dir
+
+
+def merge_run(run_dir: Path, out: Path, force: bool = False, dtype: str | None = None) -> dict:
+    """Write the merged model of ``run_dir`` to ``out``; returns a summary (boosters, touched weights)."""
+    run = RunDir(run_dir)
+    base_dir = run_base_dir(run)
+    check_out(out, force, base_dir)
+    info = run.info()
+    dtype = dtype or info.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    boosters = Record(run.path).load()
+    model = load_model(base_dir, dtype)
+    merged = apply_record(model, BaseWeights(base_dir), boosters)
+    model.config.use_cache = True
+    tokenizer = load_tokenizer(base_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        summary = {"run": str(run.path), "base": str(base_dir), "boosters": len(boosters),
+                   "touched_weights": sorted(merged.factors), "dtype": dtype}
+        (tmp / "xgblora_merge.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary

@@ -1,0 +1,143 @@
+"""The append-only record of merged boosters, and applying it to a base model exactly.
+
+The record is the truth; in-memory weights are a cache of ``base + record``. Each merged booster is one
+safetensors file ``boosters/booster_{t:06d}.safetensors`` (its factors ``U: (d_out, r)`` with the scale folded
+in and ``V: (r, d_in)`` per adapted weight, its blocks in the metadata), listed in ``boosters/index.jsonl``
+once the file is durable. A weight touched by boosters is always recomputed as
+``round(W0 + concat(U) @ concat(V))`` in fp32 from the memory-mapped base tensor, so its error is at most half
+an ulp of the model dtype however many boosters were merged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xgblora_cli.errors import UserError
+from xgblora_cli.fsutil import atomic_write_bytes, atomic_write_text
+from xgblora_cli.models import BaseWeights
+
+INDEX = "index.jsonl"
+
+
+@dataclass
+class Booster:
+    """One merged booster: its index t, the blocks it adapted and ``{weight name: (U, V)}``."""
+
+    index: int
+    blocks: list[int]
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+    @property
+    def filename(self) -> str:
+        return f"booster_{self.index:06d}.safetensors"
+
+
+class Record:
+    """The ``boosters/`` folder of a run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = Path(run_dir) / "boosters"
+
+    def _entries(self) -> list[dict]:
+        index = self.dir / INDEX
+        if not index.is_file():
+            return []
+        entries = []
+        for number, line in enumerate(index.read_text().splitlines(), 1):
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{index}: line {number} is not valid JSON; the run directory is corrupt") from None
+        return entries
+
+    def __len__(self) -> int:
+        return len(self._entries())
+
+    def append(self, booster: Booster) -> None:
+        """Write the booster's factors durably, then list it in the index (both atomic)."""
+        from safetensors.torch import save
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tensors: dict[str, torch.Tensor] = {}
+        for name, (u, v) in booster.factors.items():
+            tensors[f"{name}::U"] = u.contiguous()
+            tensors[f"{name}::V"] = v.contiguous()
+        meta = {"index": str(booster.index), "blocks": json.dumps(booster.blocks)}
+        atomic_write_bytes(self.dir / booster.filename, save(tensors, metadata=meta))
+        entries = self._entries()
+        if len(entries) != booster.index:
+            raise RuntimeError(f"record holds {len(entries)} boosters, cannot append booster {booster.index}")
+        entries.append({"index": booster.index, "blocks": booster.blocks, "file": booster.filename})
+        atomic_write_text(self.dir / INDEX, "".join(json.dumps(e) + "\n" for e in entries))
+
+    def truncate(self, count: int) -> None:
+        """Forget boosters ``count`` and later (merged after the checkpoint a resume starts from)."""
+        entries = self._entries()
+        if len(entries) > count:
+            atomic_write_text(self.dir / INDEX, "".join(json.dumps(e) + "\n" for e in entries[:count]))
+
+    def load(self) -> list[Booster]:
+        """Every recorded booster, in order."""
+        from safetensors.torch import load_file
+
+        boosters = []
+        for position, entry in enumerate(self._entries()):
+            path = self.dir / entry["file"]
+            if entry["index"] != position or not path.is_file():
+                raise UserError(f"{self.dir}: booster {position} is missing or out of order; the run directory is corrupt")
+            tensors = load_file(path)
+            names = sorted({key.rsplit("::", 1)[0] for key in tensors})
+            factors = {name: (tensors[f"{name}::U"], tensors[f"{name}::V"]) for name in names}
+            boosters.append(Booster(entry["index"], list(entry["blocks"]), factors))
+        return boosters
+
+
+class MergedWeights:
+    """The stacked factors of every merged booster, per weight, and the exact weights they give."""
+
+    def __init__(self, base: BaseWeights) -> None:
+        self.base = base
+        self.factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def add(self, booster: Booster) -> list[str]:
+        """Remember a booster's factors; returns the weight names it touched."""
+        for name, pair in booster.factors.items():
+            self.factors.setdefault(name, []).append(pair)
+        return list(booster.factors)
+
+    def exact(self, name: str) -> torch.Tensor:
+        """``W0 + sum of all updates`` for weight ``name``, in fp32, shape (d_out, d_in)."""
+        w0 = self.base.get(name).to(torch.float32)
+        pairs = self.factors.get(name, [])
+        if not pairs:
+            return w0
+        u = torch.cat([p[0].to(w0.device, torch.float32) for p in pairs], dim=1)  # (d_out, R)
+        v = torch.cat([p[1].to(w0.device, torch.float32) for p in pairs], dim=0)  # (R, d_in)
+        return torch.addmm(w0, u, v)
+
+    def write_into(self, model: nn.Module, names: list[str]) -> None:
+        """Set each named weight of ``model`` to its exact value, rounded once to the weight's dtype."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name in names:
+                param = params[name]
+                param.copy_(self.exact(name).to(device=param.device, dtype=param.dtype))
+
+
+def apply_record(model: nn.Module, base: BaseWeights, boosters: list[Booster]) -> MergedWeights:
+    """Load ``base + boosters`` into ``model`` (which holds the base weights); returns the cache."""
+    merged = MergedWeights(base)
+    touched: set[str] = set()
+    for booster in boosters:
+        touched.update(merged.add(booster))
+    params = dict(model.named_parameters())
+    unknown = sorted(touched - set(params))
+    if unknown:
+        raise UserError(f"the booster record names weights the model does not have (first: {unknown[0]})")
+    merged.write_into(model, sorted(touched))
+    return merged

@@ -1,0 +1,139 @@
+"""The run directory's layout, creation rules, metrics log and checkpoint of the booster in flight.
+
+```
+runs/<name>/
+  recipe.yaml              the resolved recipe (what --resume, merge and eval read back)
+  run.json                 base model folder, plan, status (running | complete)
+  metrics.jsonl            one line per logged step: step, loss, lr, booster, tokens_per_s
+  boosters/                the append-only record of merged boosters (see record.py)
+  checkpoint.safetensors   the booster in flight, its optimizer moments, RNG state, data position
+```
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xgblora_cli.errors import UserError
+from xgblora_cli.fsutil import append_line, atomic_write_bytes, atomic_write_text
+
+CHECKPOINT = "checkpoint.safetensors"
+
+
+@dataclass
+class Checkpoint:
+    """Where a run stands after ``step`` optimizer steps."""
+
+    step: int
+    merged: int  # boosters in the record
+    booster: int | None  # index of the booster in flight, None between boosters
+    adapters: dict[str, torch.Tensor]
+    optimizer: dict  # torch optimizer state_dict
+    rng: torch.Tensor
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def recipe_file(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def is_run(self) -> bool:
+        return (self.path / "run.json").is_file() and self.recipe_file.is_file()
+
+    def check_new(self, overwrite: bool) -> None:
+        """Refuse a non-empty folder unless ``overwrite`` (then it is emptied at ``create``)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"output_dir: {self.path} exists and is not a folder")
+        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
+            what = "holds another run" if self.is_run() else "is not empty"
+            raise UserError(f"output_dir: {self.path} {what}; pass --resume to continue it, --overwrite to replace it, or choose another output_dir")
+
+    def create(self, recipe_yaml: str, info: dict, overwrite: bool) -> None:
+        if overwrite and self.path.is_dir():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.recipe_file, recipe_yaml)
+        self.write_info({**info, "status": "running"})
+
+    def info(self) -> dict:
+        try:
+            return json.loads((self.path / "run.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise UserError(f"{self.path}: not a run directory (run.json missing or corrupt)") from None
+
+    def write_info(self, info: dict) -> None:
+        atomic_write_text(self.path / "run.json", json.dumps(info, indent=2) + "\n")
+
+    def log(self, row: dict) -> None:
+        append_line(self.metrics_file, json.dumps(row))
+
+    def truncate_metrics(self, step: int) -> None:
+        """Drop logged rows after ``step`` (work lost by a crash, redone on resume)."""
+        if not self.metrics_file.is_file():
+            return
+        kept = []
+        for line in self.metrics_file.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by the crash
+            if row.get("step", 0) <= step:
+                kept.append(line + "\n")
+        atomic_write_text(self.metrics_file, "".join(kept))
+
+    def save_checkpoint(self, ckpt: Checkpoint) -> None:
+        from safetensors.torch import save
+
+        tensors = {f"adapter::{k}": v.contiguous() for k, v in ckpt.adapters.items()}
+        scalars: dict[str, dict[str, float]] = {}
+        for pid, state in ckpt.optimizer["state"].items():
+            for key, value in state.items():
+                if torch.is_tensor(value) and value.dim() > 0:
+                    tensors[f"optim::{pid}::{key}"] = value.contiguous()
+                else:
+                    scalars.setdefault(str(pid), {})[key] = float(value)
+        tensors["rng"] = ckpt.rng
+        meta = {
+            "step": ckpt.step,
+            "merged": ckpt.merged,
+            "booster": ckpt.booster,
+            "optim_scalars": scalars,
+            "param_groups": ckpt.optimizer.get("param_groups", []),
+        }
+        atomic_write_bytes(self.path / CHECKPOINT, save(tensors, metadata={"xgblora": json.dumps(meta)}))
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        from safetensors import safe_open
+
+        path = self.path / CHECKPOINT
+        if not path.is_file():
+            return None
+        try:
+            with safe_open(path, framework="pt") as handle:
+                meta = json.loads(handle.metadata()["xgblora"])
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception as err:
+            raise UserError(f"{path}: checkpoint unreadable ({err}); the run directory is corrupt") from None
+        state: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim::"):
+                _, pid, name = key.split("::")
+                state.setdefault(int(pid), {})[name] = value
+        for pid, values in meta["optim_scalars"].items():
+            for name, value in values.items():
+                state.setdefault(int(pid), {})[name] = torch.tensor(value)
+        adapters = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith("adapter::")}
+        optimizer = {"state": state, "param_groups": meta["param_groups"]}
+        return Checkpoint(meta["step"], meta["merged"], meta["booster"], adapters, optimizer, tensors["rng"])

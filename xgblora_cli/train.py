@@ -1,0 +1,239 @@
+"""The training loop: boosters of kappa optimizer steps, one global LR schedule, metrics, checkpoints, resume.
+
+The loop is the same for every method; the plan (rank, k, kappa) decides whether it is XGBLoRA, COLA or LoRA.
+Order of durable writes at the end of a booster: its factors into the record, then the checkpoint that says
+the booster is merged. A crash between the two is repaired on resume by truncating the record to the
+checkpoint's count, so a booster is never merged twice.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xgblora_cli.boosting import ActiveBooster, BoostingEngine, find_targets, trainable_per_booster
+from xgblora_cli.data import BatchStream, load_records, uses_chat_template
+from xgblora_cli.loss import causal_lm_loss
+from xgblora_cli.models import BaseWeights, find_blocks, load_model, load_tokenizer, resolve_model_dir
+from xgblora_cli.progress import TrainProgress
+from xgblora_cli.recipe import BoosterPlan, Recipe, RecipeError, TrainArgs, recipe_to_yaml, resolve_plan
+from xgblora_cli.record import Record, apply_record
+from xgblora_cli.rundir import Checkpoint, RunDir
+from xgblora_cli.errors import UserError
+
+KILL_ENV = "XGBLORA_TEST_SIGKILL_AT_STEP"  # fault injection for the resume test: SIGKILL self after this step
+
+
+def lr_at(step: int, booster_start: int, args: TrainArgs) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup, cosine decay over all steps to
+    ``min_lr_ratio``, times an optional linear re-warmup over the first ``rewarmup_steps`` of each booster."""
+    if step < args.warmup_steps:
+        factor = (step + 1) / args.warmup_steps
+    else:
+        span = max(1, args.max_steps - args.warmup_steps)
+        progress = min(1.0, (step - args.warmup_steps) / span)
+        factor = args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    if args.rewarmup_steps:
+        factor *= min(1.0, (step - booster_start + 1) / args.rewarmup_steps)
+    return args.learning_rate * factor
+
+
+def make_optimizer(booster: ActiveBooster, args: TrainArgs) -> torch.optim.Optimizer:
+    """A fresh AdamW over this booster's adapters only: moments of merged boosters are gone."""
+    return torch.optim.AdamW(booster.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, built (and validated) before anything is written."""
+
+    recipe: Recipe
+    plan: BoosterPlan
+    model_dir: Path
+    model: nn.Module
+    stream: BatchStream
+    trainable: int
+
+
+def plan_for(recipe: Recipe, model: nn.Module, source: str) -> BoosterPlan:
+    try:
+        return resolve_plan(recipe, len(find_blocks(model)))
+    except RecipeError as err:
+        raise UserError(f"{source}: {err.key}: {err.message}") from None
+
+
+def prepare(recipe: Recipe, source: str) -> Setup:
+    """Load the model and the data, check the recipe against them. Raises UserError on bad input."""
+    model_dir = resolve_model_dir(recipe.model)
+    model = load_model(model_dir, recipe.dtype)
+    plan = plan_for(recipe, model, source)
+    trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
+    tokenizer = load_tokenizer(model_dir)
+    records = load_records(recipe.dataset, recipe.dataset_split)
+    chat = uses_chat_template(tokenizer, recipe.prompt_template)
+    stream = BatchStream(tokenizer, records, recipe.train.batch_size, recipe.train.max_seq_len, recipe.seed, chat)
+    stream.batch(0)  # render one batch now: template problems surface before anything is written
+    return Setup(recipe, plan, model_dir, model, stream, trainable)
+
+
+class Trainer:
+    """Runs the boosting loop of ``setup`` into ``run``, from scratch or from its checkpoint."""
+
+    def __init__(self, setup: Setup, run: RunDir, show_progress: bool = True) -> None:
+        self.setup = setup
+        self.args = setup.recipe.train
+        self.plan = setup.plan
+        self.run = run
+        self.record = Record(run.path)
+        self.show_progress = show_progress
+        torch.manual_seed(setup.recipe.seed)
+        base = BaseWeights(setup.model_dir)
+        self.merged = apply_record(setup.model, base, [])
+        self.engine = BoostingEngine(
+            setup.model, setup.plan, setup.recipe.target_modules, setup.recipe.seed, self.merged,
+            gradient_checkpointing=self.args.gradient_checkpointing,
+        )
+        self.step = 0
+        self.booster: ActiveBooster | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def restore(self, ckpt: Checkpoint) -> None:
+        """Continue from a checkpoint: replay the record, rebuild the booster in flight and its optimizer."""
+        self.record.truncate(ckpt.merged)
+        boosters = self.record.load()
+        self.merged = apply_record(self.setup.model, self.merged.base, boosters)
+        self.engine.merged = self.merged
+        self.step = ckpt.step
+        if ckpt.booster is not None:
+            self.booster = self.engine.start(ckpt.booster)
+            self.booster.load_tensors(ckpt.adapters)
+            self.optimizer = make_optimizer(self.booster, self.args)
+            self.optimizer.load_state_dict(ckpt.optimizer)
+        torch.set_rng_state(ckpt.rng)
+        self.run.truncate_metrics(ckpt.step)
+
+    def _checkpoint(self) -> None:
+        booster = self.booster
+        self.run.save_checkpoint(Checkpoint(
+            step=self.step,
+            merged=len(self.record),
+            booster=None if booster is None else booster.index,
+            adapters={} if booster is None else booster.tensors(),
+            optimizer={"state": {}} if self.optimizer is None else self.optimizer.state_dict(),
+            rng=torch.get_rng_state(),
+        ))
+
+    def _train_step(self) -> tuple[float, int]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, tokens seen)."""
+        assert self.booster is not None and self.optimizer is not None
+        lr = lr_at(self.step, self.booster.index * self.plan.steps_per_booster, self.args)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.setup.model.train()
+        total_loss, tokens = 0.0, 0
+        for j in range(self.args.grad_accum):
+            batch = self.setup.stream.batch(self.step * self.args.grad_accum + j)
+            loss, _ = causal_lm_loss(self.setup.model, batch)
+            (loss / self.args.grad_accum).backward()
+            total_loss += float(loss.detach()) / self.args.grad_accum
+            tokens += batch.num_tokens
+        if self.args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.booster.parameters(), self.args.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, tokens
+
+    def fit(self) -> None:
+        total, kappa = self.args.max_steps, self.plan.steps_per_booster
+        kill_at = int(os.environ.get(KILL_ENV, "-1"))
+        with TrainProgress(total, self.step) if self.show_progress else _NoProgress() as bar:
+            while self.step < total:
+                if self.booster is None:
+                    self.booster = self.engine.start(self.step // kappa)
+                    self.optimizer = make_optimizer(self.booster, self.args)
+                started = time.perf_counter()
+                loss, tokens = self._train_step()
+                lr = self.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
+                index = self.booster.index
+                self.step += 1
+                speed = tokens / max(time.perf_counter() - started, 1e-9)
+                if self.step % self.args.log_every == 0 or self.step == total:
+                    self.run.log({"step": self.step, "loss": round(loss, 6), "lr": lr, "booster": index,
+                                  "blocks": self.booster.blocks, "tokens": tokens, "tokens_per_s": round(speed, 1)})
+                bar.update(self.step, loss, lr, index, self.plan.num_boosters, speed)
+                booster_done = self.step % kappa == 0 or self.step == total
+                if booster_done:
+                    self.record.append(self.engine.merge(self.booster))
+                    self.booster, self.optimizer = None, None
+                if booster_done or self.step % self.args.checkpoint_every == 0:
+                    self._checkpoint()
+                if self.step == kill_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        self.run.write_info({**self.run.info(), "status": "complete", "steps": self.step})
+
+
+def _first_difference(stored: dict, given: dict, prefix: str = "") -> str | None:
+    for key in sorted(set(stored) | set(given)):
+        a, b = stored.get(key), given.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found = _first_difference(a, b, f"{prefix}{key}.")
+            if found:
+                return found
+        elif a != b:
+            return f"{prefix}{key} (run: {a!r}, now: {b!r})"
+    return None
+
+
+def _check_resumable(run: RunDir, recipe: Recipe) -> None:
+    import yaml
+
+    if not run.is_run():
+        raise UserError(f"--resume: {run.path} holds no run to resume (no recipe.yaml / run.json)")
+    stored = yaml.safe_load(run.recipe_file.read_text())
+    diff = _first_difference(stored, recipe.to_dict())
+    if diff:
+        raise UserError(f"--resume: the recipe differs from the one {run.path} was started with: {diff}")
+
+
+def start_run(recipe: Recipe, source: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+    """Train ``recipe`` into its output_dir (new, replaced with ``overwrite``, or continued with ``resume``)."""
+    run = RunDir(recipe.output_dir)
+    if resume:
+        _check_resumable(run, recipe)
+        if run.info().get("status") == "complete":
+            print(f"{run.path}: the run is already complete", flush=True)
+            return run.path
+    else:
+        run.check_new(overwrite)
+    setup = prepare(recipe, source)
+    if not resume:
+        info = {"model": recipe.model, "model_dir": str(setup.model_dir.resolve()), "dtype": recipe.dtype,
+                "plan": setup.plan.__dict__, "trainable_per_booster": setup.trainable}
+        run.create(recipe_to_yaml(recipe), info, overwrite)
+    trainer = Trainer(setup, run, show_progress=progress)
+    ckpt = run.load_checkpoint() if resume else None
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    elif resume:
+        trainer.record.truncate(0)
+        run.truncate_metrics(0)
+    trainer.fit()
+    return run.path
+
+
+class _NoProgress:
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, *args: object) -> None:
+        return None
