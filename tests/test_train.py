@@ -1,0 +1,97 @@
+"""The training loop on a tiny model: durable run directory, LR schedule, SIGKILL + --resume = uninterrupted."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, tiny_recipe, write_recipe
+from xgblora_cli.errors import UserError
+from xgblora_cli.models import BaseWeights, load_model
+from xgblora_cli.recipe import TrainArgs, recipe_from_dict
+from xgblora_cli.record import Record, apply_record
+from xgblora_cli.rundir import RunDir
+from xgblora_cli.train import KILL_ENV, lr_at, start_run
+
+
+def test_lr_schedule_warmup_cosine_and_rewarmup() -> None:
+    args = TrainArgs(max_steps=100, learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, 0, args) == pytest.approx(0.1)
+    assert lr_at(9, 0, args) == pytest.approx(1.0)
+    assert lr_at(10, 0, args) == pytest.approx(1.0)
+    assert lr_at(55, 0, args) == pytest.approx(0.55)
+    assert lr_at(100, 0, args) == pytest.approx(0.1)
+    rewarm = TrainArgs(max_steps=100, learning_rate=1.0, rewarmup_steps=4, min_lr_ratio=1.0)
+    assert [lr_at(s, 20, rewarm) for s in (20, 21, 23, 24)] == pytest.approx([0.25, 0.5, 1.0, 1.0])
+
+
+def test_a_run_directory_holds_recipe_metrics_record_and_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir), "r.yaml")
+    run_dir = start_run(recipe, "r.yaml", progress=False)
+    run = RunDir(run_dir)
+    assert run.info()["status"] == "complete" and run.info()["plan"]["num_boosters"] == 3
+    rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["booster"] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert all(set(r) >= {"loss", "lr", "booster", "tokens_per_s"} for r in rows)
+    assert all(r["loss"] > 0 and r["tokens_per_s"] > 0 for r in rows)
+    boosters = Record(run_dir).load()
+    assert [b.index for b in boosters] == [0, 1, 2]
+    assert all(len(b.blocks) == 2 for b in boosters)
+    assert run.load_checkpoint().step == 8 and run.load_checkpoint().booster is None
+    assert (run_dir / "recipe.yaml").read_text().startswith("model:")
+
+
+def test_training_lowers_the_loss(tmp_path: Path, tiny_model_dir: Path) -> None:
+    fields = tiny_recipe(tmp_path, tiny_model_dir, layers_per_booster=4, steps_per_booster=10,
+                         train={"max_steps": 40, "learning_rate": 3e-2, "batch_size": 4})
+    run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1
+
+
+def test_existing_runs_are_never_overwritten_silently(tmp_path: Path, tiny_model_dir: Path) -> None:
+    fields = tiny_recipe(tmp_path, tiny_model_dir, steps_per_booster=2, train={"max_steps": 2})
+    start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    with pytest.raises(UserError, match="holds another run; pass --resume to continue it, --overwrite"):
+        start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+    with pytest.raises(UserError, match=r"recipe differs .*train.learning_rate \(run: 0.01, now: 0.02\)"):
+        start_run(recipe_from_dict(fields, "r.yaml", ["train.learning_rate=0.02"]), "r.yaml", resume=True, progress=False)
+    start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", overwrite=True, progress=False)
+
+
+def _final_weights(run_dir: Path, model_dir: Path) -> dict[str, torch.Tensor]:
+    model = load_model(model_dir, "float32")
+    apply_record(model, BaseWeights(model_dir), Record(run_dir).load())
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_sigkill_mid_booster_then_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "a")))
+    killed = write_recipe(tmp_path / "b.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "b")))
+    assert run_cli("train", str(straight), "--no-progress").returncode == 0
+
+    # checkpoint_every=2 and kappa=3: killed after step 5, the last checkpoint is step 4, inside booster 1
+    result = run_cli("train", str(killed), "--no-progress", env={KILL_ENV: "5"})
+    assert result.returncode == -9, result.stderr
+    run = RunDir(tmp_path / "b")
+    ckpt = run.load_checkpoint()
+    assert (ckpt.step, ckpt.booster, ckpt.merged) == (4, 1, 1) and run.info()["status"] == "running"
+    assert len(run.metrics_file.read_text().splitlines()) == 5  # step 5 was logged, then lost
+
+    resumed = run_cli("train", str(killed), "--resume", "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert run.info()["status"] == "complete"
+    a, b = _final_weights(tmp_path / "a", tiny_model_dir), _final_weights(tmp_path / "b", tiny_model_dir)
+    base = _final_weights(tmp_path / "nothing", tiny_model_dir)
+    assert any(not torch.equal(a[n], base[n]) for n in a)
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=0, atol=1e-6), name
+    losses = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), abs=1e-5)
+    assert len(losses(tmp_path / "b")) == 8
