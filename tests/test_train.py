@@ -95,3 +95,21 @@ def test_sigkill_mid_booster_then_resume_equals_an_uninterrupted_run(tmp_path: P
     losses = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
     assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), abs=1e-5)
     assert len(losses(tmp_path / "b")) == 8
+
+
+def test_bfloat16_run_trains_and_merges_to_bfloat16(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    from xgblora_cli.export import merge_run
+
+    fields = tiny_recipe(tmp_path, tiny_model_dir, dtype="bfloat16", train={"max_steps": 6})
+    run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    merge_run(run_dir, tmp_path / "out")
+    merged = load_file(tmp_path / "out" / "model.safetensors")
+    assert all(t.dtype == torch.bfloat16 for t in merged.values())
+    boosters = Record(run_dir).load()
+    name = next(iter(boosters[0].factors))
+    base = BaseWeights(tiny_model_dir).get(name).float()
+    exact = base + sum(u @ v for b in boosters for n, (u, v) in b.factors.items() if n == name)
+    assert torch.equal(merged[name], exact.to(torch.bfloat16))
+    assert not torch.equal(merged[name], base.to(torch.bfloat16))

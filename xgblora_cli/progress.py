@@ -22,17 +22,26 @@ class TrainProgress:
             console=self.console,
         )
         self.task = self.progress.add_task("train", total=total, completed=start, stats="starting")
+        # Off a terminal (nohup, CI logs) a bar is not redrawn: print about 20 plain lines instead.
+        self.plain = not self.console.is_terminal
+        self.every = max(1, total // 20)
+        self.total = total
 
     def __enter__(self) -> "TrainProgress":
-        self.progress.start()
+        if not self.plain:
+            self.progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
+        if not self.plain:
+            self.progress.stop()
 
     def update(self, step: int, loss: float, lr: float, booster: int, boosters: int, tokens_per_s: float) -> None:
         stats = f"loss {loss:.4f}  lr {lr:.2e}  booster {booster + 1}/{boosters}  {tokens_per_s:,.0f} tok/s"
         self.progress.update(self.task, completed=step, stats=stats)
+        if self.plain and (step % self.every == 0 or step == self.total):
+            task = self.progress.tasks[0]
+            eta = task.time_remaining
+            eta_text = f"  ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else ""
+            self.console.print(f"step {step}/{self.total}  {stats}{eta_text}", highlight=False)
 
-    def note(self, message: str) -> None:
-        self.progress.console.print(message)
