@@ -1,4 +1,4 @@
-"""The ``xgblora`` command line: train, merge. A user error is one line on stderr and exit code 2."""
+"""The ``xgblora`` command line: train, merge, eval. A user error is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -92,6 +92,40 @@ def merge(
 
     summary = merge_run(run_dir, out, force=force, dtype=dtype)
     console.print(f"merged {summary['boosters']} boosters ({len(summary['touched_weights'])} weights changed) into {out}")
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    target: str = typer.Argument(..., help="a run directory, a merged folder, or any model spec (alias, .gguf, folder, hub id)"),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="mmlu, boolq, piqa, siqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, perplexity"),
+    data: Optional[str] = typer.Option(None, "--data", help="local data: a file, or a folder laid out like shared/data"),
+    limit: Optional[int] = typer.Option(None, "--limit", help="score a fixed, seeded subset of N questions per task"),
+    batch_size: int = typer.Option(8, "--batch-size", help="questions per forward pass"),
+    shots: int = typer.Option(0, "--shots", help="MMLU: worked examples from the dev split (0-5)"),
+    scoring: str = typer.Option("loglik", "--scoring", help="loglik: option texts (default); label: answers in the training format; generate: LLM-Adapters protocol"),
+    output: Optional[Path] = typer.Option(None, "--output", help="write the results JSON here"),
+) -> None:
+    """Score a model on MMLU, the commonsense tasks or perplexity."""
+    from xgblora_cli.evaluate import EvalSettings, evaluate, results_table
+    from xgblora_cli.fsutil import atomic_write_text
+
+    if not task:  # a run's recipe may name its eval in an `eval:` block
+        from xgblora_cli.rundir import RunDir
+
+        run = RunDir(target)
+        if run.is_run():
+            block = load_recipe(run.recipe_file).eval
+            task, data, limit, shots = block.tasks, data or block.data or None, limit or block.limit, shots or block.shots
+    settings = EvalSettings(tasks=list(task or []), data=data, limit=limit, batch_size=batch_size, shots=shots, scoring=scoring)
+    if output is not None and output.is_dir():
+        raise UserError(f"--output {output}: is a folder; give a file name such as results.json")
+    results = evaluate(target, settings, console)
+    Console().print(results_table(results))
+    if output is not None:
+        import json
+
+        atomic_write_text(output, json.dumps(results, indent=2) + "\n")
 
 
 def main() -> None:

@@ -94,6 +94,20 @@ class TrainArgs:
 
 
 @dataclass
+class EvalArgs:
+    """What ``xgblora eval RUN_DIR`` runs when no ``--task`` is given (the ``eval:`` block)."""
+
+    tasks: list[str] = field(default_factory=list)
+    data: str = ""
+    limit: int | None = None
+    shots: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.limit is None or self.limit >= 1, "eval.limit", f"must be >= 1, got {self.limit}")
+        _require(0 <= self.shots <= 5, "eval.shots", f"must be in 0..5, got {self.shots}")
+
+
+@dataclass
 class Recipe:
     """A whole training recipe (the top level of the YAML file)."""
 
@@ -111,6 +125,7 @@ class Recipe:
     dataset_split: str = "train"
     prompt_template: str = "auto"
     train: TrainArgs = field(default_factory=TrainArgs)
+    eval: EvalArgs = field(default_factory=EvalArgs)
 
     def __post_init__(self) -> None:
         _require(self.method in PRESETS, "method", f"must be one of {', '.join(PRESETS)}, got {self.method!r}")
@@ -302,6 +317,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:  # type:
     recipe = recipe_from_dict(data, str(path), overrides)
     recipe.model = _near(recipe.model, path.parent)
     recipe.dataset = _near(recipe.dataset, path.parent)
+    if recipe.eval.data:
+        recipe.eval.data = _near(recipe.eval.data, path.parent)
     return recipe
 
 

@@ -197,7 +197,9 @@ def _check_resumable(run: RunDir, recipe: Recipe) -> None:
     if not run.is_run():
         raise UserError(f"--resume: {run.path} holds no run to resume (no recipe.yaml / run.json)")
     stored = yaml.safe_load(run.recipe_file.read_text())
-    diff = _first_difference(stored, recipe.to_dict())
+    given = recipe.to_dict()
+    stored.pop("eval", None), given.pop("eval", None)  # evaluation settings do not change training
+    diff = _first_difference(stored, given)
     if diff:
         raise UserError(f"--resume: the recipe differs from the one {run.path} was started with: {diff}")
 

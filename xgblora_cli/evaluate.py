@@ -1,0 +1,178 @@
+"""``xgblora eval``: score a base model, a run directory (base + record, in memory) or a merged folder on tasks.
+
+Tasks: ``mmlu`` (by category), the eight LLM-Adapters commonsense sets, and ``perplexity`` on a
+training-format dataset. Results are a JSON-ready dict with per-task (and per-category) scores, counts,
+skips and the exact settings; evaluating a run directory also writes them into ``<run>/eval/``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from torch import nn
+
+from xgblora_cli.data import encode, load_records, render, uses_chat_template
+from xgblora_cli.errors import UserError
+from xgblora_cli.fsutil import atomic_write_text
+from xgblora_cli.loss import causal_lm_loss
+from xgblora_cli.models import BaseWeights, load_model, load_tokenizer, resolve_model_dir
+from xgblora_cli.record import Record, apply_record
+from xgblora_cli.rundir import RunDir
+from xgblora_cli.scoring import score_generate, score_loglik
+from xgblora_cli.tasks import Loaded, commonsense, mmlu
+
+TASKS = ["mmlu", *commonsense.FOLDERS, "perplexity"]
+SCORINGS = ("loglik", "label", "generate")
+
+
+@dataclass
+class EvalSettings:
+    tasks: list[str]
+    data: str | None = None
+    limit: int | None = None
+    batch_size: int = 8
+    shots: int = 0
+    scoring: str = "loglik"
+    seed: int = 0
+    dtype: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown or not self.tasks:
+            raise UserError(f"--task: unknown task {unknown[0]!r}; allowed: {', '.join(TASKS)}" if unknown else f"--task: name at least one of {', '.join(TASKS)}")
+        if self.scoring not in SCORINGS:
+            raise UserError(f"--scoring: must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"--limit: must be >= 1, got {self.limit}")
+        if self.batch_size < 1 or not 0 <= self.shots <= 5:
+            raise UserError("--batch-size must be >= 1 and --shots in 0..5 (MMLU's dev split has 5 per subject)")
+        if self.data is not None and not Path(self.data).exists():
+            raise UserError(f"--data {self.data}: not found")
+
+
+def load_target(target: str, dtype: str | None) -> tuple[nn.Module, object, dict]:
+    """Model, tokenizer and a description of ``target`` (run directory, merged folder, or any model spec)."""
+    run = RunDir(target)
+    if run.is_run():
+        info = run.info()
+        base_dir = Path(info["model_dir"])
+        if not (base_dir / "config.json").is_file():
+            raise UserError(f"{target}: its base model folder {base_dir} is gone")
+        model = load_model(base_dir, dtype or info.get("dtype", "float32"))
+        boosters = Record(run.path).load()
+        apply_record(model, BaseWeights(base_dir), boosters)
+        return model, load_tokenizer(base_dir), {"kind": "run", "path": str(run.path), "boosters": len(boosters)}
+    model_dir = resolve_model_dir(target)
+    return load_model(model_dir, dtype or "float32"), load_tokenizer(model_dir), {"kind": "model", "path": str(model_dir)}
+
+
+def subset(n: int, limit: int | None, seed: int) -> list[int]:
+    """A fixed, seeded choice of ``limit`` of ``n`` items, in their original order."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), limit))
+
+
+def _load(task: str, settings: EvalSettings) -> Loaded:
+    data = Path(settings.data) if settings.data else None
+    return mmlu.load(data, settings.shots) if task == "mmlu" else commonsense.load(task, data)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("ETA"),
+                    TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
+
+
+def run_choice_task(model, tokenizer, task: str, settings: EvalSettings, console: Console) -> dict:
+    loaded = _load(task, settings)
+    questions = [loaded.questions[i] for i in subset(len(loaded.questions), settings.limit, settings.seed)]
+    if not questions:
+        raise UserError(f"task '{task}': no question could be scored ({loaded.skipped} skipped: {'; '.join(loaded.skip_reasons)})")
+    chat = uses_chat_template(tokenizer, "auto")
+    picks: list[int] = []
+    with _progress(console) as bar:
+        job = bar.add_task(task, total=len(questions))
+        for start in range(0, len(questions), settings.batch_size):
+            chunk = questions[start : start + settings.batch_size]
+            if settings.scoring == "generate":
+                picks += score_generate(model, tokenizer, chunk, chat)
+            else:
+                picks += score_loglik(model, tokenizer, chunk, chat, labels=settings.scoring == "label")
+            bar.advance(job, len(chunk))
+    correct = [pick == q.answer for pick, q in zip(picks, questions)]
+    result = {"accuracy": sum(correct) / len(correct), "n": len(correct), "correct": sum(correct),
+              "skipped": loaded.skipped, "skip_reasons": loaded.skip_reasons,
+              "unparsed": sum(pick < 0 for pick in picks), "chance": sum(1 / len(q.candidates) for q in questions) / len(questions)}
+    if task == "mmlu":
+        by_category: dict[str, list[bool]] = {}
+        for ok, q in zip(correct, questions):
+            by_category.setdefault(mmlu.category(q.group), []).append(ok)
+        result["categories"] = {name: sum(v) / len(v) for name, v in sorted(by_category.items())}
+    return result
+
+
+def run_perplexity(model, tokenizer, settings: EvalSettings, console: Console) -> dict:
+    if not settings.data:
+        raise UserError("task 'perplexity': give --data, a training-format .json/.jsonl file or a hub dataset")
+    from xgblora_cli.data import Batch, IGNORE
+
+    records = load_records(settings.data)
+    chosen = [records[i] for i in subset(len(records), settings.limit, settings.seed)]
+    chat = uses_chat_template(tokenizer, "auto")
+    total_nll, total_tokens = 0.0, 0
+    model.eval()
+    with torch.no_grad(), _progress(console) as bar:
+        job = bar.add_task("perplexity", total=len(chosen))
+        for start in range(0, len(chosen), settings.batch_size):
+            items = [encode(tokenizer, *render(tokenizer, r, chat), 1024) for r in chosen[start : start + settings.batch_size]]
+            width = max(len(ids) for ids, _ in items)
+            ids = torch.full((len(items), width), tokenizer.pad_token_id)
+            labels = torch.full((len(items), width), IGNORE)
+            mask = torch.zeros((len(items), width), dtype=torch.long)
+            for row, (i, lab) in enumerate(items):
+                ids[row, : len(i)], labels[row, : len(lab)], mask[row, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
+            loss, count = causal_lm_loss(model, Batch(ids, mask, labels))
+            total_nll += float(loss) * count
+            total_tokens += count
+            bar.advance(job, len(items))
+    mean = total_nll / max(total_tokens, 1)
+    return {"perplexity": math.exp(mean), "mean_nll": mean, "tokens": total_tokens, "n": len(chosen)}
+
+
+def evaluate(target: str, settings: EvalSettings, console: Console | None = None) -> dict:
+    """Score ``target`` on every task of ``settings``; returns the results dict (also written into a run)."""
+    console = console or Console(stderr=True)
+    model, tokenizer, described = load_target(target, settings.dtype)
+    model.eval()
+    tasks = {}
+    for task in settings.tasks:
+        if task == "perplexity":
+            tasks[task] = run_perplexity(model, tokenizer, settings, console)
+        else:
+            tasks[task] = run_choice_task(model, tokenizer, task, settings, console)
+    results = {"target": described, "settings": asdict(settings), "tasks": tasks}
+    if described["kind"] == "run":
+        atomic_write_text(Path(target) / "eval" / "results.json", json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def results_table(results: dict) -> Table:
+    table = Table(title=f"eval of {results['target']['path']}")
+    for column in ("task", "score", "n", "skipped", "chance"):
+        table.add_column(column)
+    for task, r in results["tasks"].items():
+        if task == "perplexity":
+            table.add_row(task, f"ppl {r['perplexity']:.3f}", str(r["n"]), "0", "")
+            continue
+        table.add_row(task, f"{100 * r['accuracy']:.2f}", str(r["n"]), str(r["skipped"]), f"{100 * r['chance']:.1f}")
+        for name, acc in r.get("categories", {}).items():
+            table.add_row(f"  {name}", f"{100 * acc:.2f}", "", "", "")
+    return table

@@ -1,0 +1,88 @@
+"""Scoring a causal LM on questions: log-likelihood of each candidate answer, or greedy generation + extraction."""
+
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xgblora_cli.data import PLAIN_PROMPT
+from xgblora_cli.tasks import Question
+
+
+def context_text(tokenizer, question: Question, chat: bool) -> str:
+    """The text before the answer: worked examples (k-shot) as earlier turns, then the question."""
+    if chat:
+        messages = []
+        for prompt, answer in question.shots:
+            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        messages.append({"role": "user", "content": question.prompt})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    plain = lambda prompt: PLAIN_PROMPT.format(instruction=prompt, input_block="")  # noqa: E731
+    return "".join(plain(p) + a + "\n\n" for p, a in question.shots) + plain(question.prompt)
+
+
+@torch.no_grad()
+def continuation_logprobs(model: nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
+    """Summed log-probability of each continuation given its context; pairs of (context ids, continuation ids)."""
+    width = max(len(c) + len(x) for c, x in pairs)
+    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    target = torch.zeros_like(ids, dtype=torch.bool)
+    for row, (ctx, cont) in enumerate(pairs):
+        ids[row, : len(ctx) + len(cont)] = torch.tensor(ctx + cont)
+        mask[row, : len(ctx) + len(cont)] = 1
+        target[row, len(ctx) : len(ctx) + len(cont)] = True
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    predicts = target[:, 1:]  # position i predicts token i + 1
+    logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()
+    token_lp = F.log_softmax(logits, dim=-1).gather(1, ids[:, 1:][predicts].unsqueeze(1)).squeeze(1)
+    rows = torch.arange(len(pairs)).unsqueeze(1).expand(-1, width - 1)[predicts]
+    return torch.zeros(len(pairs)).index_add_(0, rows, token_lp).tolist()
+
+
+def score_loglik(model: nn.Module, tokenizer, questions: list[Question], chat: bool, labels: bool = False) -> list[int]:
+    """The index of the most likely answer for each question (all answers scored in one batch), by summed
+    log-probability. Default: each option after the plain ``context`` (lm-evaluation-harness style).
+    ``labels=True``: each candidate in the training data's answer format, after the (chat) prompt.
+    """
+    pairs, owners = [], []
+    for q_index, question in enumerate(questions):
+        text = context_text(tokenizer, question, chat) if labels else question.context
+        ctx = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for answer in question.candidates if labels else question.options:
+            pairs.append((ctx, tokenizer(answer, add_special_tokens=False)["input_ids"]))
+            owners.append(q_index)
+    scores = continuation_logprobs(model, pairs, tokenizer.pad_token_id)
+    best: list[tuple[float, int]] = [(-float("inf"), -1)] * len(questions)
+    position = [0] * len(questions)
+    for owner, score in zip(owners, scores):
+        if score > best[owner][0]:
+            best[owner] = (score, position[owner])
+        position[owner] += 1
+    return [index for _, index in best]
+
+
+def extract_label(text: str, labels: list[str]) -> int:
+    """The index of the first label named in ``text`` (whole word, case-insensitive), or -1."""
+    pattern = re.compile(r"\b(" + "|".join(re.escape(label) for label in labels) + r")\b", re.IGNORECASE)
+    match = pattern.search(text)
+    if not match:
+        return -1
+    lowered = [label.lower() for label in labels]
+    return lowered.index(match.group(1).lower())
+
+
+@torch.no_grad()
+def score_generate(model: nn.Module, tokenizer, questions: list[Question], chat: bool, max_new_tokens: int = 24) -> list[int]:
+    """LLM-Adapters protocol: greedy generation, then the first candidate label found in the text (-1: none)."""
+    texts = [context_text(tokenizer, q, chat) for q in questions]
+    tokenizer.padding_side = "left"
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model.config.use_cache = True
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    model.config.use_cache = False
+    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [extract_label(text, q.labels) for text, q in zip(answers, questions)]
