@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TRAIN_DATA, run_cli, tiny_recipe, write_recipe
+from tests.conftest import ROOT, run_cli, tiny_recipe
 from xgblora_cli.errors import UserError
 from xgblora_cli.evaluate import EvalSettings, evaluate, subset
 from xgblora_cli.export import merge_run

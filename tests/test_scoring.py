@@ -48,3 +48,13 @@ def test_extract_label() -> None:
     assert extract_label("answer3 or answer1", labels) == 2
     assert extract_label("no idea", labels) == -1
     assert extract_label("B) because", ["A", "B", "C", "D"]) == 1
+
+
+def test_one_token_fast_path_agrees_with_the_general_path() -> None:
+    from xgblora_cli.scoring import last_position_logprobs
+
+    contexts = [[1, 2], [4], [7, 8, 9]]
+    table = last_position_logprobs(Shift(), contexts, pad_id=0)
+    general = continuation_logprobs(Shift(), [(c, [5]) for c in contexts], pad_id=0)
+    assert [float(table[i, 5]) for i in range(3)] == pytest.approx(general, abs=1e-5)
+    assert int(table[0].argmax()) == 3 and int(table[2].argmax()) == 0

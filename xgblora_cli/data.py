@@ -151,13 +151,17 @@ class BatchStream:
 
     def batch(self, micro_step: int) -> Batch:
         items = [self.example(micro_step * self.batch_size + j) for j in range(self.batch_size)]
-        width = max(len(ids) for ids, _ in items)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(items), width), pad, dtype=torch.long)
-        labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-        mask = torch.zeros((len(items), width), dtype=torch.long)
-        for row, (ids, labs) in enumerate(items):
-            input_ids[row, : len(ids)] = torch.tensor(ids)
-            labels[row, : len(labs)] = torch.tensor(labs)
-            mask[row, : len(ids)] = 1
-        return Batch(input_ids, mask, labels)
+        return collate(items, self.tokenizer.pad_token_id)
+
+
+def collate(items: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
+    """Right-pad encoded (ids, labels) pairs to the longest one."""
+    width = max(len(ids) for ids, _ in items)
+    input_ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, (ids, labs) in enumerate(items):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(labs)] = torch.tensor(labs)
+        mask[row, : len(ids)] = 1
+    return Batch(input_ids, mask, labels)

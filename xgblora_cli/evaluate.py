@@ -19,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
-from xgblora_cli.data import encode, load_records, render, uses_chat_template
+from xgblora_cli.data import collate, encode, load_records, render, uses_chat_template
 from xgblora_cli.errors import UserError
 from xgblora_cli.fsutil import atomic_write_text
 from xgblora_cli.loss import causal_lm_loss
@@ -122,8 +122,6 @@ def run_choice_task(model, tokenizer, task: str, settings: EvalSettings, console
 def run_perplexity(model, tokenizer, settings: EvalSettings, console: Console) -> dict:
     if not settings.data:
         raise UserError("task 'perplexity': give --data, a training-format .json/.jsonl file or a hub dataset")
-    from xgblora_cli.data import Batch, IGNORE
-
     records = load_records(settings.data)
     chosen = [records[i] for i in subset(len(records), settings.limit, settings.seed)]
     chat = uses_chat_template(tokenizer, "auto")
@@ -133,13 +131,7 @@ def run_perplexity(model, tokenizer, settings: EvalSettings, console: Console) -
         job = bar.add_task("perplexity", total=len(chosen))
         for start in range(0, len(chosen), settings.batch_size):
             items = [encode(tokenizer, *render(tokenizer, r, chat), 1024) for r in chosen[start : start + settings.batch_size]]
-            width = max(len(ids) for ids, _ in items)
-            ids = torch.full((len(items), width), tokenizer.pad_token_id)
-            labels = torch.full((len(items), width), IGNORE)
-            mask = torch.zeros((len(items), width), dtype=torch.long)
-            for row, (i, lab) in enumerate(items):
-                ids[row, : len(i)], labels[row, : len(lab)], mask[row, : len(i)] = torch.tensor(i), torch.tensor(lab), 1
-            loss, count = causal_lm_loss(model, Batch(ids, mask, labels))
+            loss, count = causal_lm_loss(model, collate(items, tokenizer.pad_token_id))
             total_nll += float(loss) * count
             total_tokens += count
             bar.advance(job, len(items))

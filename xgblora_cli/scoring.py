@@ -43,6 +43,20 @@ def continuation_logprobs(model: nn.Module, pairs: list[tuple[list[int], list[in
     return torch.zeros(len(pairs)).index_add_(0, rows, token_lp).tolist()
 
 
+@torch.no_grad()
+def last_position_logprobs(model: nn.Module, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
+    """Log-probabilities of the token after each context, shape (len(contexts), vocab)."""
+    width = max(len(ctx) for ctx in contexts)
+    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, ctx in enumerate(contexts):
+        ids[row, : len(ctx)] = torch.tensor(ctx)
+        mask[row, : len(ctx)] = 1
+    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+    last = hidden[torch.arange(len(contexts)), mask.sum(1) - 1]  # (n, d)
+    return F.log_softmax(model.get_output_embeddings()(last).float(), dim=-1)
+
+
 def score_loglik(model: nn.Module, tokenizer, questions: list[Question], chat: bool, labels: bool = False) -> list[int]:
     """The index of the most likely answer for each question (all answers scored in one batch), by summed
     log-probability. Default: each option after the plain ``context`` (lm-evaluation-harness style).
@@ -55,7 +69,12 @@ def score_loglik(model: nn.Module, tokenizer, questions: list[Question], chat: b
         for answer in question.candidates if labels else question.options:
             pairs.append((ctx, tokenizer(answer, add_special_tokens=False)["input_ids"]))
             owners.append(q_index)
-    scores = continuation_logprobs(model, pairs, tokenizer.pad_token_id)
+    if all(len(cont) == 1 for _, cont in pairs):  # one-token answers (MMLU letters): one pass per question
+        contexts = {owner: ctx for owner, (ctx, _) in zip(owners, pairs)}
+        table = last_position_logprobs(model, [contexts[q] for q in range(len(questions))], tokenizer.pad_token_id)
+        scores = [float(table[owner, cont[0]]) for owner, (_, cont) in zip(owners, pairs)]
+    else:
+        scores = continuation_logprobs(model, pairs, tokenizer.pad_token_id)
     best: list[tuple[float, int]] = [(-float("inf"), -1)] * len(questions)
     position = [0] * len(questions)
     for owner, score in zip(owners, scores):

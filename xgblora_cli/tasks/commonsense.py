@@ -88,21 +88,19 @@ def data_file(task: str, data: Path) -> Path:
 
 
 def load(task: str, data: Path | None) -> Loaded:
-    if data is None:
-        raise UserError(
-            f"task '{task}': give --data (a file or a folder in the LLM-Adapters layout, e.g. "
-            f"dataset/{FOLDERS[task]}/test.json); hub loading of this task is not available yet"
-        )
-    records = _read(data_file(task, data))
+    """Questions of ``task`` from ``data`` (a file or a folder in the LLM-Adapters layout) or, without it, the hub."""
+    from xgblora_cli.tasks import hub
+
+    records: list = hub.load_records(task) if data is None else _read(data_file(task, data))
     if not records:
-        raise UserError(f"--data {data}: no records for task '{task}'")
+        raise UserError(f"task '{task}': no records in {data or hub.SOURCES[task][0]}")
     loaded = Loaded([])
     for number, record in enumerate(records):
-        result = to_question(record) if isinstance(record, dict) else "not an object"
+        result = record if isinstance(record, str) else to_question(record) if isinstance(record, dict) else "not an object"
         if isinstance(result, Question):
             loaded.questions.append(result)
         else:
             loaded.skipped += 1
             if len(loaded.skip_reasons) < 5:
-                loaded.skip_reasons.append(f"record {number}: {result}")
+                loaded.skip_reasons.append(result if isinstance(record, str) else f"record {number}: {result}")
     return loaded
