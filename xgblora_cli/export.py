@@ -1,6 +1,6 @@
 """``xgblora merge``: base model + booster record -> a Hugging Face folder (safetensors, config, tokenizer).
 
-Each touched weight is summed in fp32 from the base tensor and all its boosters' factors and rounded once to
+Each touched weight is summed in float64 from the base tensor and all its boosters' factors and rounded once to
 the export dtype; untouched tensors are the base's, bit for bit. The folder is built beside ``--out`` and
 renamed into place, so an interrupted merge never leaves a half-written model.
 """

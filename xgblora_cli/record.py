@@ -4,7 +4,7 @@ The record is the truth; in-memory weights are a cache of ``base + record``. Eac
 safetensors file ``boosters/booster_{t:06d}.safetensors`` (its factors ``U: (d_out, r)`` with the scale folded
 in and ``V: (r, d_in)`` per adapted weight, its blocks in the metadata), listed in ``boosters/index.jsonl``
 once the file is durable. A weight touched by boosters is always recomputed as
-``round(W0 + concat(U) @ concat(V))`` in fp32 from the memory-mapped base tensor, so its error is at most half
+``round(W0 + concat(U) @ concat(V))`` (summed in float64) from the memory-mapped base tensor, so its error is at most half
 an ulp of the model dtype however many boosters were merged.
 """
 
@@ -111,13 +111,17 @@ class MergedWeights:
         return list(booster.factors)
 
     def exact(self, name: str) -> torch.Tensor:
-        """``W0 + sum of all updates`` for weight ``name``, in fp32, shape (d_out, d_in)."""
-        w0 = self.base.get(name).to(torch.float32)
+        """``W0 + sum of all updates`` for weight ``name``, shape (d_out, d_in), in float64.
+
+        float64 keeps the sum's own error far below half an ulp of fp32/bf16 even where the sum nearly
+        cancels, so rounding it once to the model dtype gives the nearest representable weight.
+        """
+        w0 = self.base.get(name).to(torch.float64)
         pairs = self.factors.get(name, [])
         if not pairs:
             return w0
-        u = torch.cat([p[0].to(w0.device, torch.float32) for p in pairs], dim=1)  # (d_out, R)
-        v = torch.cat([p[1].to(w0.device, torch.float32) for p in pairs], dim=0)  # (R, d_in)
+        u = torch.cat([p[0].to(w0.device, torch.float64) for p in pairs], dim=1)  # (d_out, R)
+        v = torch.cat([p[1].to(w0.device, torch.float64) for p in pairs], dim=0)  # (R, d_in)
         return torch.addmm(w0, u, v)
 
     def write_into(self, model: nn.Module, names: list[str]) -> None:
