@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test quickstart clean
+.PHONY: install test quickstart fidelity clean
 
 install: $(STAMP)
 
@@ -22,6 +22,9 @@ test: $(STAMP)
 
 quickstart: $(STAMP)
 	$(VENV)/bin/xgblora train recipes/quickstart.yaml
+
+fidelity: $(STAMP)
+	$(PY) scripts/merge_fidelity.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -95,3 +95,17 @@ def test_order_is_seeded_by_epoch_and_resumable(tokenizer) -> None:
     assert sorted(map(str, epoch0)) == sorted(map(str, epoch1))  # each epoch covers every record once
     assert epoch0 != epoch1  # in a different order
     assert batch.attention_mask.sum() == batch.num_tokens
+
+
+def test_hub_dataset_names_go_through_datasets(monkeypatch) -> None:
+    import datasets
+
+    calls = []
+
+    def fake_load(name, split):
+        calls.append((name, split))
+        return [{"instruction": "Say hi.", "input": None, "output": "hi", "extra": 1}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    assert load_records("vicgalle/alpaca-gpt4", "train") == [{"instruction": "Say hi.", "input": "", "output": "hi"}]
+    assert calls == [("vicgalle/alpaca-gpt4", "train")]

@@ -66,3 +66,10 @@ def test_real_smollm2_scores_above_chance_on_arc_easy(smol_dir: Path) -> None:
     arc = results["tasks"]["arc_easy"]
     assert arc["n"] == 80 and arc["chance"] == pytest.approx(0.25)
     assert arc["accuracy"] > 0.40, arc  # measured: 0.52 on all 200 (chance 0.25)
+
+
+def test_generate_protocol_counts_unparsed_answers(tiny_model_dir: Path) -> None:
+    results = evaluate(str(tiny_model_dir), EvalSettings(tasks=["arc_easy"], data=str(ARC_TEST), limit=4, scoring="generate"))
+    arc = results["tasks"]["arc_easy"]
+    assert arc["n"] == 4 and 0 <= arc["unparsed"] <= 4
+    assert arc["correct"] <= arc["n"] - arc["unparsed"]  # an unparsed answer is never counted correct
