@@ -157,7 +157,7 @@ def evaluate(target: str, settings: EvalSettings, console: Console | None = None
 
 
 def results_table(results: dict) -> Table:
-    table = Table(title=f"eval of {results['target']['path']}")
+    table = Table(title=f"eval of {Path(results['target']['path']).name}")
     for column in ("task", "score", "n", "skipped", "chance"):
         table.add_column(column)
     for task, r in results["tasks"].items():
