@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test quickstart fidelity clean
+.PHONY: install test quickstart bench fidelity clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ test: $(STAMP)
 
 quickstart: $(STAMP)
 	$(VENV)/bin/xgblora train recipes/quickstart.yaml
+
+# PEFT is a benchmark-only dependency: installed here, never by `make install`.
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt peft
+	$(PY) scripts/bench_speed.py --batch 4 --seq 128 --steps 4
 
 fidelity: $(STAMP)
 	$(PY) scripts/merge_fidelity.py

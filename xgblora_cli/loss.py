@@ -1,8 +1,10 @@
 """Next-token loss over the labelled (response) positions only, without full-vocabulary logits for every token.
 
-The decoder's hidden states are gathered at the positions that carry a label, and the output head plus
-cross-entropy run over them in chunks, each checkpointed: the peak is one chunk's logits
-(``chunk x vocab`` fp32) instead of ``batch x seq x vocab``.
+The decoder's hidden states are gathered at the positions that carry a label; the output head and the
+cross-entropy then run over them in chunks inside one autograd function that also computes the gradient with
+respect to the hidden states as it goes. Peak memory is one chunk's logits (``chunk x vocab`` fp32) instead of
+``batch x seq x vocab``, and the head's matmul is not recomputed in backward. The head itself is frozen
+(adapters never target it), so no gradient for its weight is formed.
 """
 
 from __future__ import annotations
@@ -10,17 +12,42 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from xgblora_cli.data import IGNORE, Batch
 
 CHUNK = 1024
 
 
-def _chunk_loss(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """hidden: (n, d), targets: (n,) -> summed cross-entropy, a scalar."""
-    logits = head(hidden).float()  # (n, vocab)
-    return F.cross_entropy(logits, targets, reduction="sum")
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """Summed cross-entropy of ``hidden @ weight.T`` against ``targets``; gradient for ``hidden`` only."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """hidden: (n, d), weight: (vocab, d), targets: (n,) -> scalar fp32."""
+        total = hidden.new_zeros((), dtype=torch.float32)
+        grad = torch.empty_like(hidden) if hidden.requires_grad else None
+        for start in range(0, hidden.shape[0], CHUNK):
+            h, y = hidden[start : start + CHUNK], targets[start : start + CHUNK]
+            logits = (h @ weight.t()).float()  # (c, vocab)
+            total += F.cross_entropy(logits, y, reduction="sum")
+            if grad is not None:
+                probs = torch.softmax(logits, dim=-1)
+                probs[torch.arange(y.shape[0]), y] -= 1.0  # d(sum CE)/d logits
+                grad[start : start + CHUNK] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
+        ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad * grad_out.to(grad.dtype), None, None
+
+
+def head_loss_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the (frozen, bias-free) output head over ``hidden`` (n, d)."""
+    if getattr(head, "bias", None) is not None or head.weight.requires_grad:
+        raise ValueError("the output head must be a frozen linear layer without bias")
+    return _ChunkedHeadLoss.apply(hidden, head.weight, targets)
 
 
 def causal_lm_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
@@ -35,13 +62,4 @@ def causal_lm_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
     if count == 0:
         return hidden.sum() * 0.0, 0
     selected = hidden[:, :-1][keep]  # (count, d)
-    labels = targets[keep]
-    head = model.get_output_embeddings()
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, count, CHUNK):
-        part_h, part_y = selected[start : start + CHUNK], labels[start : start + CHUNK]
-        if torch.is_grad_enabled() and part_h.requires_grad:
-            total = total + checkpoint(_chunk_loss, head, part_h, part_y, use_reentrant=False)
-        else:
-            total = total + _chunk_loss(head, part_h, part_y)
-    return total / count, count
+    return head_loss_sum(model.get_output_embeddings(), selected, targets[keep]) / count, count
