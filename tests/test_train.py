@@ -113,3 +113,13 @@ def test_bfloat16_run_trains_and_merges_to_bfloat16(tmp_path: Path, tiny_model_d
     exact = base + sum(u.double() @ v.double() for b in boosters for n, (u, v) in b.factors.items() if n == name)
     assert torch.equal(merged[name], exact.to(torch.bfloat16))
     assert not torch.equal(merged[name], base.to(torch.bfloat16))
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    precious = tmp_path / "run"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    fields = tiny_recipe(tmp_path, tiny_model_dir, steps_per_booster=2, train={"max_steps": 2})
+    with pytest.raises(UserError, match="is not empty and holds no xgblora run"):
+        start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", overwrite=True, progress=False)
+    assert (precious / "thesis.tex").read_text() == "years of work"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -45,8 +46,8 @@ class LoRALinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (..., d_in) -> (..., d_out)."""
         out = self.base(x)
-        low = x.to(torch.float32) @ self.lora_a.t()  # (..., r)
-        return out + (self.scale * (low @ self.lora_b.t())).to(out.dtype)
+        low = F.linear(x.to(torch.float32), self.lora_a)  # (..., r)
+        return out + (F.linear(low, self.lora_b) * self.scale).to(out.dtype)
 
     def delta(self) -> torch.Tensor:
         """The weight update this adapter stands for: ``scale * B @ A``, shape (d_out, d_in), fp32."""

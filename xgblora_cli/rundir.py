@@ -56,9 +56,11 @@ class RunDir:
         """Refuse a non-empty folder unless ``overwrite`` (then it is emptied at ``create``)."""
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"output_dir: {self.path} exists and is not a folder")
-        if self.path.is_dir() and any(self.path.iterdir()) and not overwrite:
-            what = "holds another run" if self.is_run() else "is not empty"
-            raise UserError(f"output_dir: {self.path} {what}; pass --resume to continue it, --overwrite to replace it, or choose another output_dir")
+        if self.path.is_dir() and any(self.path.iterdir()):
+            if not self.is_run():  # never delete a folder this tool did not write, --overwrite or not
+                raise UserError(f"output_dir: {self.path} is not empty and holds no xgblora run; choose another output_dir")
+            if not overwrite:
+                raise UserError(f"output_dir: {self.path} holds another run; pass --resume to continue it, --overwrite to replace it, or choose another output_dir")
 
     def create(self, recipe_yaml: str, info: dict, overwrite: bool) -> None:
         if overwrite and self.path.is_dir():
