@@ -28,7 +28,9 @@ def test_append_load_truncate_roundtrip(tmp_path: Path) -> None:
     record.truncate(1)
     assert len(record) == 1 and len(record.load()) == 1
     with pytest.raises(RuntimeError):
-        record.append(booster(5))  # out of order
+        record.append(booster(0))  # not after the last one
+    record.append(booster(5))  # a gap: boosters 1-4 were discarded
+    assert [b.index for b in record.load()] == [0, 5]
 
 
 def test_a_missing_booster_file_is_reported_as_corrupt(tmp_path: Path) -> None:

@@ -123,3 +123,42 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(tmp_path: Path, tiny
     with pytest.raises(UserError, match="is not empty and holds no xgblora run"):
         start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", overwrite=True, progress=False)
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_diverged_booster_is_discarded_and_training_goes_on(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    import xgblora_cli.train as train_module
+
+    real_loss = train_module.causal_lm_loss
+    calls = {"n": 0}
+
+    def faulty(model, batch):  # the 5th micro-batch (step 5, inside booster 1) yields NaN
+        calls["n"] += 1
+        loss, count = real_loss(model, batch)
+        return (loss * float("nan"), count) if calls["n"] == 5 else (loss, count)
+
+    monkeypatch.setattr(train_module, "causal_lm_loss", faulty)
+    run_dir = start_run(recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir), "r.yaml"), "r.yaml", progress=False)
+    events = [r for r in _rows(run_dir) if r.get("event") == "booster_discarded"]
+    assert events == [{"step": 5, "event": "booster_discarded", "booster": 1, "attempt": 0, "reason": "non-finite loss"}]
+    boosters = Record(run_dir).load()
+    assert [b.index for b in boosters] == [0, 1, 2]  # booster 1 was retried (fresh init) for its last step
+    assert all(torch.isfinite(u).all() and torch.isfinite(v).all() for b in boosters for u, v in b.factors.values())
+    weights = _final_weights(run_dir, tiny_model_dir)
+    assert all(torch.isfinite(w).all() for w in weights.values())
+    assert RunDir(run_dir).info()["status"] == "complete"
+
+
+def test_repeated_divergence_stops_with_a_clear_message(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    import xgblora_cli.train as train_module
+
+    real_loss = train_module.causal_lm_loss
+    monkeypatch.setattr(train_module, "causal_lm_loss", lambda m, b: (real_loss(m, b)[0] * float("inf"), 1))
+    fields = tiny_recipe(tmp_path, tiny_model_dir, train={"max_failed_boosters": 2})
+    with pytest.raises(UserError, match=r"training diverged: 2 boosters in a row were discarded .*lower train.learning_rate"):
+        start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    assert len(Record(tmp_path / "run")) == 0  # nothing non-finite was ever merged
+    assert [r["event"] for r in _rows(tmp_path / "run")] == ["booster_discarded"] * 2

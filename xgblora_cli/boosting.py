@@ -35,6 +35,7 @@ class ActiveBooster:
     index: int
     blocks: list[int]
     adapters: dict[str, LoRALinear]
+    attempt: int = 0  # > 0 after earlier tries of this booster diverged and were discarded
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for name in sorted(self.adapters) for p in (self.adapters[name].lora_a, self.adapters[name].lora_b)]
@@ -133,10 +134,10 @@ class BoostingEngine:
         self.blocks = find_blocks(model)
         self.targets = find_targets(model, target_modules)
 
-    def start(self, index: int) -> ActiveBooster:
-        """Attach fresh adapters for booster ``index`` to its k blocks."""
+    def start(self, index: int, attempt: int = 0) -> ActiveBooster:
+        """Attach fresh adapters for booster ``index`` to its k blocks (a retry re-draws only the init)."""
         blocks = booster_blocks(self.seed, index, self.plan.num_layers, self.plan.layers_per_booster)
-        generator = seeded_generator(self.seed, index, "init")
+        generator = seeded_generator(self.seed, index, "init" if attempt == 0 else f"init:{attempt}")
         adapters: dict[str, LoRALinear] = {}
         for block in blocks:
             for name in sorted(self.targets[block]):
@@ -145,7 +146,7 @@ class BoostingEngine:
                 setattr(parent, attr, adapter)
                 adapters[name] = adapter
         self._set_block_modes(min(blocks))
-        return ActiveBooster(index, blocks, adapters)
+        return ActiveBooster(index, blocks, adapters, attempt)
 
     def _set_block_modes(self, lowest: int | None) -> None:
         """Blocks below ``lowest`` run under ``no_grad``; the rest are optionally checkpointed."""

@@ -36,6 +36,10 @@ class TrainProgress:
         if not self.plain:
             self.progress.stop()
 
+    def note(self, message: str) -> None:
+        """A line above the bar (or in the log, off a terminal)."""
+        self.console.print(message, highlight=False)
+
     def update(self, step: int, loss: float, lr: float, booster: int, boosters: int, tokens_per_s: float) -> None:
         stats = f"loss {loss:.4f}  lr {lr:.2e}  booster {booster + 1}/{boosters}  {tokens_per_s:,.0f} tok/s"
         self.progress.update(self.task, completed=step, stats=stats)

@@ -80,9 +80,10 @@ class TrainArgs:
     gradient_checkpointing: bool = False
     checkpoint_every: int = 25
     log_every: int = 1
+    max_failed_boosters: int = 3
 
     def __post_init__(self) -> None:
-        for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "checkpoint_every", "log_every"):
+        for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "checkpoint_every", "log_every", "max_failed_boosters"):
             _require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_steps", "rewarmup_steps"):
             _require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")

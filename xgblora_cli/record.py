@@ -70,8 +70,8 @@ class Record:
         meta = {"index": str(booster.index), "blocks": json.dumps(booster.blocks)}
         atomic_write_bytes(self.dir / booster.filename, save(tensors, metadata=meta))
         entries = self._entries()
-        if len(entries) != booster.index:
-            raise RuntimeError(f"record holds {len(entries)} boosters, cannot append booster {booster.index}")
+        if entries and entries[-1]["index"] >= booster.index:
+            raise RuntimeError(f"record ends at booster {entries[-1]['index']}, cannot append booster {booster.index}")
         entries.append({"index": booster.index, "blocks": booster.blocks, "file": booster.filename})
         atomic_write_text(self.dir / INDEX, "".join(json.dumps(e) + "\n" for e in entries))
 
@@ -85,11 +85,11 @@ class Record:
         """Every recorded booster, in order."""
         from safetensors.torch import load_file
 
-        boosters = []
-        for position, entry in enumerate(self._entries()):
+        boosters: list[Booster] = []
+        for entry in self._entries():
             path = self.dir / entry["file"]
-            if entry["index"] != position or not path.is_file():
-                raise UserError(f"{self.dir}: booster {position} is missing or out of order; the run directory is corrupt")
+            if (boosters and entry["index"] <= boosters[-1].index) or not path.is_file():
+                raise UserError(f"{self.dir}: booster {entry['index']} is missing or out of order; the run directory is corrupt")
             tensors = load_file(path)
             names = sorted({key.rsplit("::", 1)[0] for key in tensors})
             factors = {name: (tensors[f"{name}::U"], tensors[f"{name}::V"]) for name in names}

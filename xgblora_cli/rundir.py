@@ -35,6 +35,8 @@ class Checkpoint:
     adapters: dict[str, torch.Tensor]
     optimizer: dict  # torch optimizer state_dict
     rng: torch.Tensor
+    attempt: int = 0  # retry number of the booster in flight
+    failures: int = 0  # consecutive discarded boosters
 
 
 class RunDir:
@@ -111,6 +113,8 @@ class RunDir:
             "step": ckpt.step,
             "merged": ckpt.merged,
             "booster": ckpt.booster,
+            "attempt": ckpt.attempt,
+            "failures": ckpt.failures,
             "optim_scalars": scalars,
             "param_groups": ckpt.optimizer.get("param_groups", []),
         }
@@ -138,4 +142,5 @@ class RunDir:
                 state.setdefault(int(pid), {})[name] = torch.tensor(value)
         adapters = {k.split("::", 1)[1]: v for k, v in tensors.items() if k.startswith("adapter::")}
         optimizer = {"state": state, "param_groups": meta["param_groups"]}
-        return Checkpoint(meta["step"], meta["merged"], meta["booster"], adapters, optimizer, tensors["rng"])
+        return Checkpoint(meta["step"], meta["merged"], meta["booster"], adapters, optimizer, tensors["rng"],
+                          meta.get("attempt", 0), meta.get("failures", 0))

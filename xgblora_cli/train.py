@@ -101,6 +101,8 @@ class Trainer:
             gradient_checkpointing=self.args.gradient_checkpointing,
         )
         self.step = 0
+        self.attempt = 0  # retries of the current booster window after divergence
+        self.failures = 0  # consecutive discarded boosters
         self.booster: ActiveBooster | None = None
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -111,8 +113,9 @@ class Trainer:
         self.merged = apply_record(self.setup.model, self.merged.base, boosters)
         self.engine.merged = self.merged
         self.step = ckpt.step
+        self.attempt, self.failures = ckpt.attempt, ckpt.failures
         if ckpt.booster is not None:
-            self.booster = self.engine.start(ckpt.booster)
+            self.booster = self.engine.start(ckpt.booster, ckpt.attempt)
             self.booster.load_tensors(ckpt.adapters)
             self.optimizer = make_optimizer(self.booster, self.args)
             self.optimizer.load_state_dict(ckpt.optimizer)
@@ -128,7 +131,28 @@ class Trainer:
             adapters={} if booster is None else booster.tensors(),
             optimizer={"state": {}} if self.optimizer is None else self.optimizer.state_dict(),
             rng=torch.get_rng_state(),
+            attempt=self.attempt,
+            failures=self.failures,
         ))
+
+    def _discard(self, loss: float, bar) -> None:
+        """Throw away a diverged booster (never merged); stop after too many in a row."""
+        booster = self.booster
+        assert booster is not None
+        self.engine.discard(booster)
+        self.booster, self.optimizer = None, None
+        self.failures += 1
+        self.attempt += 1
+        reason = "non-finite loss" if not math.isfinite(loss) else "non-finite adapter weights"
+        self.run.log({"step": self.step, "event": "booster_discarded", "booster": booster.index,
+                      "attempt": booster.attempt, "reason": reason})
+        bar.note(f"step {self.step}: booster {booster.index + 1} diverged ({reason}); discarded, not merged")
+        if self.failures >= self.args.max_failed_boosters:
+            self._checkpoint()
+            raise UserError(
+                f"training diverged: {self.failures} boosters in a row were discarded (train.max_failed_boosters); "
+                f"lower train.learning_rate (now {self.args.learning_rate:g}) and --resume, or start again"
+            )
 
     def _train_step(self) -> tuple[float, int]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, tokens seen)."""
@@ -156,7 +180,7 @@ class Trainer:
         with TrainProgress(total, self.step) if self.show_progress else _NoProgress() as bar:
             while self.step < total:
                 if self.booster is None:
-                    self.booster = self.engine.start(self.step // kappa)
+                    self.booster = self.engine.start(self.step // kappa, self.attempt)
                     self.optimizer = make_optimizer(self.booster, self.args)
                 started = time.perf_counter()
                 loss, tokens = self._train_step()
@@ -164,14 +188,19 @@ class Trainer:
                 index = self.booster.index
                 self.step += 1
                 speed = tokens / max(time.perf_counter() - started, 1e-9)
-                if self.step % self.args.log_every == 0 or self.step == total:
+                if not math.isfinite(loss) or not self.booster.is_finite():
+                    self._discard(loss, bar)
+                elif self.step % self.args.log_every == 0 or self.step == total:
                     self.run.log({"step": self.step, "loss": round(loss, 6), "lr": lr, "booster": index,
                                   "blocks": self.booster.blocks, "tokens": tokens, "tokens_per_s": round(speed, 1)})
                 bar.update(self.step, loss, lr, index, self.plan.num_boosters, speed)
                 booster_done = self.step % kappa == 0 or self.step == total
-                if booster_done:
+                if booster_done and self.booster is not None:
                     self.record.append(self.engine.merge(self.booster))
                     self.booster, self.optimizer = None, None
+                    self.failures = 0
+                if booster_done:
+                    self.attempt = 0
                 if booster_done or self.step % self.args.checkpoint_every == 0:
                     self._checkpoint()
                 if self.step == kill_at:
@@ -239,3 +268,6 @@ class _NoProgress:
 
     def update(self, *args: object) -> None:
         return None
+
+    def note(self, message: str) -> None:
+        print(message, flush=True)
