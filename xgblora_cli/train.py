@@ -24,7 +24,7 @@ from xgblora_cli.loss import causal_lm_loss
 from xgblora_cli.models import BaseWeights, find_blocks, load_model, load_tokenizer, resolve_model_dir
 from xgblora_cli.progress import TrainProgress
 from xgblora_cli.recipe import BoosterPlan, Recipe, RecipeError, TrainArgs, recipe_to_yaml, resolve_plan
-from xgblora_cli.record import Record, apply_record
+from xgblora_cli.record import MergedWeights, Record, apply_record
 from xgblora_cli.rundir import Checkpoint, RunDir
 from xgblora_cli.errors import UserError
 
@@ -94,8 +94,7 @@ class Trainer:
         self.record = Record(run.path)
         self.show_progress = show_progress
         torch.manual_seed(setup.recipe.seed)
-        base = BaseWeights(setup.model_dir)
-        self.merged = apply_record(setup.model, base, [])
+        self.merged = MergedWeights(BaseWeights(setup.model_dir))
         self.engine = BoostingEngine(
             setup.model, setup.plan, setup.recipe.target_modules, setup.recipe.seed, self.merged,
             gradient_checkpointing=self.args.gradient_checkpointing,
