@@ -1,4 +1,4 @@
-"""The ``xgblora`` command line: train, merge, eval. A user error is one line on stderr and exit code 2."""
+"""The ``xgblora`` command line: train, merge, eval, report. A user error is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -126,6 +126,19 @@ def eval_command(
         import json
 
         atomic_write_text(output, json.dumps(results, indent=2) + "\n")
+
+
+@app.command()
+@user_errors
+def report(
+    run_dirs: list[Path] = typer.Argument(..., metavar="RUN_DIR...", help="one run: its loss.png; several: a comparison"),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG file (default: RUN_DIR/loss.png, or compare.png)"),
+) -> None:
+    """Plot training loss with booster boundaries (one run) or several runs' curves side by side."""
+    from xgblora_cli.report import plot_compare, plot_run
+
+    path = plot_run(run_dirs[0], out) if len(run_dirs) == 1 else plot_compare(run_dirs, out or Path("compare.png"))
+    console.print(f"wrote {path}")
 
 
 def main() -> None:
