@@ -59,3 +59,23 @@ def test_resume_without_a_run_is_refused(tmp_path: Path, tiny_model_dir: Path) -
     recipe = write_recipe(tmp_path / "r.yaml", **tiny_recipe(tmp_path, tiny_model_dir))
     result = run_cli("train", str(recipe), "--resume")
     assert result.returncode == 2 and "holds no run to resume" in result.stderr
+
+
+def test_full_disk_or_unwritable_output_is_refused_before_training(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    import shutil
+    from collections import namedtuple
+
+    from xgblora_cli.errors import UserError
+    from xgblora_cli.fsutil import check_writable
+
+    Usage = namedtuple("Usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9, 5 * 2**20))
+    with pytest.raises(UserError, match=r"output_dir: 5 MiB free on the disk of .*, about 16 MiB needed"):
+        check_writable(tmp_path / "new" / "run", 16 * 2**20, "output_dir")
+    monkeypatch.undo()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    with pytest.raises(UserError, match="output_dir: cannot write to .*locked"):
+        check_writable(locked / "run", 1, "output_dir")

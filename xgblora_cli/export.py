@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from xgblora_cli.errors import UserError
+from xgblora_cli.fsutil import check_writable
 from xgblora_cli.models import BaseWeights, load_model, load_tokenizer
 from xgblora_cli.recipe import DTYPES
 from xgblora_cli.record import Record, apply_record
@@ -43,6 +44,7 @@ def merge_run(run_dir: Path, out: Path, force: bool = False, dtype: str | None =
     run = RunDir(run_dir)
     base_dir = run_base_dir(run)
     check_out(out, force, base_dir)
+    check_writable(out.parent, sum(p.stat().st_size for p in base_dir.glob("*.safetensors")), "--out")
     info = run.info()
     dtype = dtype or info.get("dtype", "float32")
     if dtype not in DTYPES:

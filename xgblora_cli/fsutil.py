@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,6 +23,20 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def check_writable(folder: Path, need_bytes: int, what: str) -> None:
+    """Fail early, with one line, if ``folder`` (or its nearest existing parent) is not writable or lacks space."""
+    from xgblora_cli.errors import UserError
+
+    existing = Path(folder).resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{what}: cannot write to {existing} (permission denied)")
+    free = shutil.disk_usage(existing).free
+    if free < need_bytes:
+        raise UserError(f"{what}: {free / 2**20:,.0f} MiB free on the disk of {existing}, about {need_bytes / 2**20:,.0f} MiB needed")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -27,6 +27,7 @@ from xgblora_cli.recipe import BoosterPlan, Recipe, RecipeError, TrainArgs, reci
 from xgblora_cli.record import MergedWeights, Record, apply_record
 from xgblora_cli.rundir import Checkpoint, RunDir
 from xgblora_cli.errors import UserError
+from xgblora_cli.fsutil import check_writable
 
 KILL_ENV = "XGBLORA_TEST_SIGKILL_AT_STEP"  # fault injection for the resume test: SIGKILL self after this step
 
@@ -243,6 +244,9 @@ def start_run(recipe: Recipe, source: str, resume: bool = False, overwrite: bool
     else:
         run.check_new(overwrite)
     setup = prepare(recipe, source)
+    # the record (4 bytes per factor entry per booster) plus two checkpoints with AdamW moments, and slack
+    need = setup.plan.num_boosters * setup.trainable * 4 + 2 * setup.trainable * 12 + 16 * 2**20
+    check_writable(run.path, need, "output_dir")
     if not resume:
         info = {"model": recipe.model, "model_dir": str(setup.model_dir.resolve()), "dtype": recipe.dtype,
                 "plan": setup.plan.__dict__, "trainable_per_booster": setup.trainable}
