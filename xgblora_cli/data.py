@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.errors import UserError, first_line
 from xgblora_cli.seeding import seeded_generator
 
 IGNORE = -100
@@ -43,8 +43,7 @@ def _read_hub(name: str, split: str) -> list:
 
         return list(datasets.load_dataset(name, split=split))
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"dataset '{name}': not a local .json/.jsonl file and not loadable from the hub: {first}") from None
+        raise UserError(f"dataset '{name}': not a local .json/.jsonl file and not loadable from the hub: {first_line(err)}") from None
 
 
 def load_records(spec: str, split: str = "train") -> list[dict[str, str]]:

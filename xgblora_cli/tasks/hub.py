@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.errors import UserError, first_line
 
 Row = dict
 
@@ -80,8 +80,7 @@ def load_records(task: str) -> list[dict | str]:
 
         rows = datasets.load_dataset(name, config, split=split)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"task '{task}': could not read {name} from the hub ({first}); pass --data with local files") from None
+        raise UserError(f"task '{task}': could not read {name} from the hub ({first_line(err)}); pass --data with local files") from None
     records: list[dict | str] = []
     for number, row in enumerate(rows):
         try:

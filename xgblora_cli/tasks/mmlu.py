@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.errors import UserError, first_line
 from xgblora_cli.tasks import Loaded, Question
 
 LETTERS = ["A", "B", "C", "D"]
@@ -94,7 +94,7 @@ def _hub(split: str) -> dict[str, list[Row | str]]:
 
         rows = datasets.load_dataset("cais/mmlu", "all", split=split)
     except Exception as err:
-        raise UserError(f"task 'mmlu': could not read cais/mmlu from the hub ({str(err).splitlines()[0] if str(err) else err}); pass --data") from None
+        raise UserError(f"task 'mmlu': could not read cais/mmlu from the hub ({first_line(err)}); pass --data") from None
     found: dict[str, list[Row | str]] = {}
     for row in rows:
         found.setdefault(row["subject"], []).append((row["question"], list(row["choices"]), int(row["answer"])))
