@@ -162,3 +162,34 @@ def test_repeated_divergence_stops_with_a_clear_message(tmp_path: Path, tiny_mod
         start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
     assert len(Record(tmp_path / "run")) == 0  # nothing non-finite was ever merged
     assert [r["event"] for r in _rows(tmp_path / "run")] == ["booster_discarded"] * 2
+
+
+def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    import xgblora_cli.fsutil as fsutil
+    import xgblora_cli.rundir as rundir
+
+    real_write = rundir.atomic_write_bytes
+    calls = {"n": 0}
+
+    real_fsync = fsutil.os.fsync
+
+    def no_fsync(fd):
+        raise OSError("simulated crash during checkpoint write")
+
+    def crashing_write(path, data):  # the 3rd checkpoint write dies after the bytes hit the temporary file
+        calls["n"] += 1
+        fsutil.os.fsync = no_fsync if calls["n"] == 3 else real_fsync
+        try:
+            return real_write(path, data)
+        finally:
+            fsutil.os.fsync = real_fsync
+
+    monkeypatch.setattr(rundir, "atomic_write_bytes", crashing_write)
+    fields = tiny_recipe(tmp_path, tiny_model_dir)  # checkpoints at steps 2, 3 (merge), 4, ...
+    with pytest.raises(OSError, match="simulated crash"):
+        start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    run = RunDir(tmp_path / "run")
+    assert run.load_checkpoint().step == 3  # the previous checkpoint, whole
+    assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
+    start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", resume=True, progress=False)
+    assert run.info()["status"] == "complete" and [r["step"] for r in _rows(run.path)] == list(range(1, 9))
