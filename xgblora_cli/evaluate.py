@@ -62,11 +62,8 @@ def load_target(target: str, dtype: str | None) -> tuple[nn.Module, object, dict
     """Model, tokenizer and a description of ``target`` (run directory, merged folder, or any model spec)."""
     run = RunDir(target)
     if run.is_run():
-        info = run.info()
-        base_dir = Path(info["model_dir"])
-        if not (base_dir / "config.json").is_file():
-            raise UserError(f"{target}: its base model folder {base_dir} is gone")
-        model = load_model(base_dir, dtype or info.get("dtype", "float32"))
+        base_dir = run.base_dir()
+        model = load_model(base_dir, dtype or run.info().get("dtype", "float32"))
         boosters = Record(run.path).load()
         apply_record(model, BaseWeights(base_dir), boosters)
         return model, load_tokenizer(base_dir), {"kind": "run", "path": str(run.path), "boosters": len(boosters)}

@@ -30,19 +30,10 @@ def check_out(out: Path, force: bool, base_dir: Path) -> None:
         raise UserError(f"--out {out}: folder exists and is not empty; pass --force to replace it")
 
 
-def run_base_dir(run: RunDir) -> Path:
-    if not run.is_run():
-        raise UserError(f"{run.path}: not a run directory (expected recipe.yaml and run.json from 'xgblora train')")
-    base_dir = Path(run.info()["model_dir"])
-    if not (base_dir / "config.json").is_file():
-        raise UserError(f"{run.path}: its base model folder {base_dir} is gone; restore it or re-run 'xgblora train'")
-    return base_dir
-
-
 def merge_run(run_dir: Path, out: Path, force: bool = False, dtype: str | None = None) -> dict:
     """Write the merged model of ``run_dir`` to ``out``; returns a summary (boosters, touched weights)."""
     run = RunDir(run_dir)
-    base_dir = run_base_dir(run)
+    base_dir = run.base_dir()
     check_out(out, force, base_dir)
     check_writable(out.parent, sum(p.stat().st_size for p in base_dir.glob("*.safetensors")), "--out")
     info = run.info()

@@ -77,6 +77,15 @@ class RunDir:
         except (OSError, json.JSONDecodeError):
             raise UserError(f"{self.path}: not a run directory (run.json missing or corrupt)") from None
 
+    def base_dir(self) -> Path:
+        """The base model folder this run trained on; it must still exist (merge and eval replay onto it)."""
+        if not self.is_run():
+            raise UserError(f"{self.path}: not a run directory (expected recipe.yaml and run.json from 'xgblora train')")
+        base_dir = Path(self.info()["model_dir"])
+        if not (base_dir / "config.json").is_file():
+            raise UserError(f"{self.path}: its base model folder {base_dir} is gone; restore it or re-run 'xgblora train'")
+        return base_dir
+
     def write_info(self, info: dict) -> None:
         atomic_write_text(self.path / "run.json", json.dumps(info, indent=2) + "\n")
 
