@@ -15,7 +15,7 @@ from xgblora_cli.data import BatchStream, load_records
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
 from xgblora_cli.models import load_tokenizer
-from xgblora_cli.recipe import recipe_from_dict
+from xgblora_cli.recipe import recipe_from_dict, recipe_to_yaml
 from xgblora_cli.record import Record
 from xgblora_cli.train import Trainer, prepare
 from xgblora_cli.rundir import RunDir
@@ -38,7 +38,7 @@ def trained(tmp_path_factory, tiny_model_dir: Path):
                                           train={"max_steps": 4}), "r.yaml")
     setup = prepare(recipe, "r.yaml")
     run = RunDir(recipe.output_dir)
-    run.create("x: 1\n", {"model_dir": str(tiny_model_dir), "dtype": "float32"}, overwrite=False)
+    run.create(recipe_to_yaml(recipe), {"model_dir": str(tiny_model_dir), "dtype": "float32"}, overwrite=False)
     Trainer(setup, run, show_progress=False).fit()
     return run.path, setup.model, base_digest
 

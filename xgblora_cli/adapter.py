@@ -54,5 +54,5 @@ class LoRALinear(nn.Module):
         return self.scale * (self.lora_b.detach() @ self.lora_a.detach())
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(U, V)`` with ``U @ V == delta()``: ``U = scale * B`` (d_out, r), ``V = A`` (r, d_in), fp32 copies."""
-        return (self.scale * self.lora_b.detach()).clone(), self.lora_a.detach().clone()
+        """``(U, V)`` with ``U @ V == delta()``: ``U = scale * B`` (d_out, r), ``V = A`` (r, d_in), fp32 CPU copies."""
+        return (self.scale * self.lora_b.detach()).cpu().clone(), self.lora_a.detach().cpu().clone()

@@ -44,8 +44,8 @@ class ActiveBooster:
         """The adapter factors by name, for checkpoints."""
         out = {}
         for name, adapter in self.adapters.items():
-            out[f"{name}::A"] = adapter.lora_a.detach().clone()
-            out[f"{name}::B"] = adapter.lora_b.detach().clone()
+            out[f"{name}::A"] = adapter.lora_a.detach().cpu().clone()
+            out[f"{name}::B"] = adapter.lora_b.detach().cpu().clone()
         return out
 
     def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -40,7 +41,7 @@ def _dry_run(recipe: Recipe, source: str) -> None:
     from xgblora_cli.models import load_skeleton, resolve_model_dir
     from xgblora_cli.train import plan_for
 
-    model = load_skeleton(resolve_model_dir(recipe.model))
+    model = load_skeleton(resolve_model_dir(recipe.model, recipe.allow_pickle, recipe.trust_remote_code), recipe.trust_remote_code)
     plan = plan_for(recipe, model, source)
     trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
     print(recipe_to_yaml(recipe), end="")
@@ -76,7 +77,8 @@ def train(
     from xgblora_cli.train import start_run
 
     run_dir = start_run(recipe, str(recipe_path), resume=resume, overwrite=overwrite, progress=progress)
-    console.print(f"done: {run_dir}  (merge with: xgblora merge {run_dir} --out {run_dir}/merged)")
+    if os.environ.get("RANK", "0") == "0":
+        console.print(f"done: {run_dir}  (merge with: xgblora merge {run_dir} --out {run_dir}/merged)")
 
 
 @app.command()
@@ -105,6 +107,9 @@ def eval_command(
     shots: int = typer.Option(0, "--shots", help="MMLU: worked examples from the dev split (0-5)"),
     scoring: str = typer.Option("loglik", "--scoring", help="loglik: option texts (default); label: answers in the training format; generate: LLM-Adapters protocol"),
     output: Optional[Path] = typer.Option(None, "--output", help="write the results JSON here"),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run a hub model's own Python code (a run uses its recipe's setting)"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a folder with only pickle (.bin/.pt) weights; converted once to safetensors"),
 ) -> None:
     """Score a model on MMLU, the commonsense tasks or perplexity."""
     from xgblora_cli.evaluate import EvalSettings, evaluate, results_table
@@ -115,9 +120,10 @@ def eval_command(
 
         run = RunDir(target)
         if run.is_run():
-            block = load_recipe(run.recipe_file).eval
+            block = run.recipe().eval
             task, data, limit, shots = block.tasks, data or block.data or None, limit or block.limit, shots or block.shots
-    settings = EvalSettings(tasks=list(task or []), data=data, limit=limit, batch_size=batch_size, shots=shots, scoring=scoring)
+    settings = EvalSettings(tasks=list(task or []), data=data, limit=limit, batch_size=batch_size, shots=shots, scoring=scoring,
+                            device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if output is not None and output.is_dir():
         raise UserError(f"--output {output}: is a folder; give a file name such as results.json")
     results = evaluate(target, settings, console)

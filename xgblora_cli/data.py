@@ -119,6 +119,9 @@ class Batch:
     def num_tokens(self) -> int:
         return int(self.attention_mask.sum())
 
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
 
 class BatchStream:
     """Micro-batch ``m`` of a run, the same on every call: positions ``m*B .. m*B+B-1`` of a seeded order."""
@@ -148,8 +151,10 @@ class BatchStream:
             self._encoded[index] = encode(self.tokenizer, prompt, response, self.max_len)
         return self._encoded[index]
 
-    def batch(self, micro_step: int) -> Batch:
-        items = [self.example(micro_step * self.batch_size + j) for j in range(self.batch_size)]
+    def batch(self, micro_step: int, part: range | None = None) -> Batch:
+        """Micro-batch ``micro_step``, or only its positions ``part`` (a data-parallel rank's slice)."""
+        positions = range(self.batch_size) if part is None else part
+        items = [self.example(micro_step * self.batch_size + j) for j in positions]
         return collate(items, self.tokenizer.pad_token_id)
 
 

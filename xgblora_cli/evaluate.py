@@ -23,7 +23,7 @@ from xgblora_cli.data import collate, encode, load_records, render, uses_chat_te
 from xgblora_cli.errors import UserError
 from xgblora_cli.fsutil import atomic_write_text
 from xgblora_cli.loss import causal_lm_loss
-from xgblora_cli.models import BaseWeights, load_model, load_tokenizer, resolve_model_dir
+from xgblora_cli.models import BaseWeights, load_model, load_tokenizer, pick_device, resolve_model_dir
 from xgblora_cli.record import Record, apply_record
 from xgblora_cli.rundir import RunDir
 from xgblora_cli.scoring import score_generate, score_loglik
@@ -43,6 +43,9 @@ class EvalSettings:
     scoring: str = "loglik"
     seed: int = 0
     dtype: str | None = None
+    device: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -58,17 +61,23 @@ class EvalSettings:
             raise UserError(f"--data {self.data}: not found")
 
 
-def load_target(target: str, dtype: str | None) -> tuple[nn.Module, object, dict]:
-    """Model, tokenizer and a description of ``target`` (run directory, merged folder, or any model spec)."""
+def load_target(target: str, settings: EvalSettings) -> tuple[nn.Module, object, dict]:
+    """Model, tokenizer and a description of ``target`` (run directory, merged folder, or any model spec).
+
+    A run directory is loaded with its own recipe's ``trust_remote_code``; other targets with the settings'.
+    """
+    device = pick_device(settings.device)
     run = RunDir(target)
     if run.is_run():
         base_dir = run.base_dir()
-        model = load_model(base_dir, dtype or run.info().get("dtype", "float32"))
+        remote = run.recipe().trust_remote_code
+        model = load_model(base_dir, settings.dtype or run.info().get("dtype", "float32"), device, remote)
         boosters = Record(run.path).load()
         apply_record(model, BaseWeights(base_dir), boosters)
-        return model, load_tokenizer(base_dir), {"kind": "run", "path": str(run.path), "boosters": len(boosters)}
-    model_dir = resolve_model_dir(target)
-    return load_model(model_dir, dtype or "float32"), load_tokenizer(model_dir), {"kind": "model", "path": str(model_dir)}
+        return model, load_tokenizer(base_dir, remote), {"kind": "run", "path": str(run.path), "boosters": len(boosters)}
+    model_dir = resolve_model_dir(target, settings.allow_pickle, settings.trust_remote_code)
+    model = load_model(model_dir, settings.dtype or "float32", device, settings.trust_remote_code)
+    return model, load_tokenizer(model_dir, settings.trust_remote_code), {"kind": "model", "path": str(model_dir)}
 
 
 def subset(n: int, limit: int | None, seed: int) -> list[int]:
@@ -128,7 +137,8 @@ def run_perplexity(model, tokenizer, settings: EvalSettings, console: Console) -
         job = bar.add_task("perplexity", total=len(chosen))
         for start in range(0, len(chosen), settings.batch_size):
             items = [encode(tokenizer, *render(tokenizer, r, chat), 1024) for r in chosen[start : start + settings.batch_size]]
-            loss, count = causal_lm_loss(model, collate(items, tokenizer.pad_token_id))
+            batch = collate(items, tokenizer.pad_token_id).to(model.get_output_embeddings().weight.device)
+            loss, count = causal_lm_loss(model, batch)
             total_nll += float(loss) * count
             total_tokens += count
             bar.advance(job, len(items))
@@ -139,7 +149,7 @@ def run_perplexity(model, tokenizer, settings: EvalSettings, console: Console) -
 def evaluate(target: str, settings: EvalSettings, console: Console | None = None) -> dict:
     """Score ``target`` on every task of ``settings``; returns the results dict (also written into a run)."""
     console = console or Console(stderr=True)
-    model, tokenizer, described = load_target(target, settings.dtype)
+    model, tokenizer, described = load_target(target, settings)
     model.eval()
     tasks = {}
     for task in settings.tasks:

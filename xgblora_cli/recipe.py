@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from xgblora_cli.errors import UserError
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DTYPES = ("float32", "bfloat16", "float16")
 TEMPLATES = ("auto", "chat", "plain")
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class Recipe:
     seed: int = 0
     dataset_split: str = "train"
     prompt_template: str = "auto"
+    device: str = "auto"
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
     train: TrainArgs = field(default_factory=TrainArgs)
     eval: EvalArgs = field(default_factory=EvalArgs)
 
@@ -148,6 +153,7 @@ class Recipe:
         _require(len(self.target_modules) > 0, "target_modules", "must name at least one module, e.g. [q_proj, v_proj]")
         _require(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         _require(self.prompt_template in TEMPLATES, "prompt_template", f"must be one of {', '.join(TEMPLATES)}, got {self.prompt_template!r}")
+        _require(bool(DEVICE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
 

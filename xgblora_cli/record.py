@@ -36,6 +36,11 @@ class Booster:
     def filename(self) -> str:
         return f"booster_{self.index:06d}.safetensors"
 
+    def digest(self) -> torch.Tensor:
+        """A float64 fingerprint (sums and absolute sums of every factor): equal on ranks that merged alike."""
+        parts = [torch.stack([f.double().sum(), f.double().abs().sum()]) for name in sorted(self.factors) for f in self.factors[name]]
+        return torch.cat(parts)
+
 
 class Record:
     """The ``boosters/`` folder of a run directory."""

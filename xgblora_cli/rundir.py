@@ -86,6 +86,12 @@ class RunDir:
             raise UserError(f"{self.path}: its base model folder {base_dir} is gone; restore it or re-run 'xgblora train'")
         return base_dir
 
+    def recipe(self):  # -> Recipe
+        """The recipe this run was started with (as stored in ``recipe.yaml``)."""
+        from xgblora_cli.recipe import load_recipe
+
+        return load_recipe(self.recipe_file)
+
     def write_info(self, info: dict) -> None:
         atomic_write_text(self.path / "run.json", json.dumps(info, indent=2) + "\n")
 
@@ -114,7 +120,7 @@ class RunDir:
         for pid, state in ckpt.optimizer["state"].items():
             for key, value in state.items():
                 if torch.is_tensor(value) and value.dim() > 0:
-                    tensors[f"optim::{pid}::{key}"] = value.contiguous()
+                    tensors[f"optim::{pid}::{key}"] = value.detach().cpu().contiguous()
                 else:
                     scalars.setdefault(str(pid), {})[key] = float(value)
         tensors["rng"] = ckpt.rng

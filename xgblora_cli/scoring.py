@@ -35,12 +35,14 @@ def continuation_logprobs(model: nn.Module, pairs: list[tuple[list[int], list[in
         ids[row, : len(ctx) + len(cont)] = torch.tensor(ctx + cont)
         mask[row, : len(ctx) + len(cont)] = 1
         target[row, len(ctx) : len(ctx) + len(cont)] = True
+    device = model.get_output_embeddings().weight.device
+    ids, mask, target = ids.to(device), mask.to(device), target.to(device)
     hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     predicts = target[:, 1:]  # position i predicts token i + 1
     logits = model.get_output_embeddings()(hidden[:, :-1][predicts]).float()
     token_lp = F.log_softmax(logits, dim=-1).gather(1, ids[:, 1:][predicts].unsqueeze(1)).squeeze(1)
-    rows = torch.arange(len(pairs)).unsqueeze(1).expand(-1, width - 1)[predicts]
-    return torch.zeros(len(pairs)).index_add_(0, rows, token_lp).tolist()
+    rows = torch.arange(len(pairs), device=device).unsqueeze(1).expand(-1, width - 1)[predicts]
+    return torch.zeros(len(pairs), device=device).index_add_(0, rows, token_lp).tolist()
 
 
 @torch.no_grad()
@@ -52,9 +54,10 @@ def last_position_logprobs(model: nn.Module, contexts: list[list[int]], pad_id: 
     for row, ctx in enumerate(contexts):
         ids[row, : len(ctx)] = torch.tensor(ctx)
         mask[row, : len(ctx)] = 1
-    hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-    last = hidden[torch.arange(len(contexts)), mask.sum(1) - 1]  # (n, d)
-    return F.log_softmax(model.get_output_embeddings()(last).float(), dim=-1)
+    device = model.get_output_embeddings().weight.device
+    hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+    last = hidden[torch.arange(len(contexts), device=device), mask.to(device).sum(1) - 1]  # (n, d)
+    return F.log_softmax(model.get_output_embeddings()(last).float(), dim=-1).cpu()
 
 
 def score_loglik(model: nn.Module, tokenizer, questions: list[Question], chat: bool, labels: bool = False) -> list[int]:
@@ -99,7 +102,7 @@ def score_generate(model: nn.Module, tokenizer, questions: list[Question], chat:
     """LLM-Adapters protocol: greedy generation, then the first candidate label found in the text (-1: none)."""
     texts = [context_text(tokenizer, q, chat) for q in questions]
     tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.get_output_embeddings().weight.device)
     model.config.use_cache = True
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     model.config.use_cache = False

@@ -21,7 +21,8 @@ from torch import nn
 from xgblora_cli.boosting import ActiveBooster, BoostingEngine, find_targets, trainable_per_booster
 from xgblora_cli.data import BatchStream, load_records, uses_chat_template
 from xgblora_cli.loss import causal_lm_loss
-from xgblora_cli.models import BaseWeights, find_blocks, load_model, load_tokenizer, resolve_model_dir
+from xgblora_cli.distributed import SINGLE, Ranks, check_batch, init_from_env, shutdown
+from xgblora_cli.models import BaseWeights, find_blocks, load_model, load_tokenizer, pick_device, resolve_model_dir
 from xgblora_cli.progress import TrainProgress
 from xgblora_cli.recipe import BoosterPlan, Recipe, RecipeError, TrainArgs, recipe_to_yaml, resolve_plan
 from xgblora_cli.record import MergedWeights, Record, apply_record
@@ -61,6 +62,8 @@ class Setup:
     model: nn.Module
     stream: BatchStream
     trainable: int
+    device: torch.device
+    ranks: Ranks = SINGLE
 
 
 def plan_for(recipe: Recipe, model: nn.Module, source: str) -> BoosterPlan:
@@ -70,18 +73,23 @@ def plan_for(recipe: Recipe, model: nn.Module, source: str) -> BoosterPlan:
         raise UserError(f"{source}: {err.key}: {err.message}") from None
 
 
-def prepare(recipe: Recipe, source: str) -> Setup:
+def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:
     """Load the model and the data, check the recipe against them. Raises UserError on bad input."""
-    model_dir = resolve_model_dir(recipe.model)
-    model = load_model(model_dir, recipe.dtype)
+    check_batch(ranks, recipe.train.batch_size, source)
+    device = pick_device(recipe.device, ranks.local_rank)
+    model_dir = resolve_model_dir(recipe.model, recipe.allow_pickle, recipe.trust_remote_code)
+    model = load_model(model_dir, recipe.dtype, device, recipe.trust_remote_code)
     plan = plan_for(recipe, model, source)
     trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
-    tokenizer = load_tokenizer(model_dir)
+    tokenizer = load_tokenizer(model_dir, recipe.trust_remote_code)
     records = load_records(recipe.dataset, recipe.dataset_split)
-    chat = uses_chat_template(tokenizer, recipe.prompt_template)
-    stream = BatchStream(tokenizer, records, recipe.train.batch_size, recipe.train.max_seq_len, recipe.seed, chat)
-    stream.batch(0)  # render one batch now: template problems surface before anything is written
-    return Setup(recipe, plan, model_dir, model, stream, trainable)
+    try:
+        chat = uses_chat_template(tokenizer, recipe.prompt_template)
+        stream = BatchStream(tokenizer, records, recipe.train.batch_size, recipe.train.max_seq_len, recipe.seed, chat)
+        stream.batch(0)  # render one batch now: template problems surface before anything is written
+    except UserError as err:
+        raise UserError(f"{source}: {err}") from None
+    return Setup(recipe, plan, model_dir, model, stream, trainable, device, ranks)
 
 
 class Trainer:
@@ -93,7 +101,8 @@ class Trainer:
         self.plan = setup.plan
         self.run = run
         self.record = Record(run.path)
-        self.show_progress = show_progress
+        self.ranks = setup.ranks
+        self.show_progress = show_progress and self.ranks.main
         torch.manual_seed(setup.recipe.seed)
         self.merged = MergedWeights(BaseWeights(setup.model_dir))
         self.engine = BoostingEngine(
@@ -108,8 +117,9 @@ class Trainer:
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint: replay the record, rebuild the booster in flight and its optimizer."""
-        self.record.truncate(ckpt.merged)
-        boosters = self.record.load()
+        if self.ranks.main:
+            self.record.truncate(ckpt.merged)
+        boosters = self.record.load()[: ckpt.merged]
         self.merged = apply_record(self.setup.model, self.merged.base, boosters)
         self.engine.merged = self.merged
         self.step = ckpt.step
@@ -120,9 +130,16 @@ class Trainer:
             self.optimizer = make_optimizer(self.booster, self.args)
             self.optimizer.load_state_dict(ckpt.optimizer)
         torch.set_rng_state(ckpt.rng)
-        self.run.truncate_metrics(ckpt.step)
+        if self.ranks.main:
+            self.run.truncate_metrics(ckpt.step)
+
+    def _log(self, row: dict) -> None:
+        if self.ranks.main:
+            self.run.log(row)
 
     def _checkpoint(self) -> None:
+        if not self.ranks.main:
+            return
         booster = self.booster
         self.run.save_checkpoint(Checkpoint(
             step=self.step,
@@ -144,7 +161,7 @@ class Trainer:
         self.failures += 1
         self.attempt += 1
         reason = "non-finite loss" if not math.isfinite(loss) else "non-finite adapter weights"
-        self.run.log({"step": self.step, "event": "booster_discarded", "booster": booster.index,
+        self._log({"step": self.step, "event": "booster_discarded", "booster": booster.index,
                       "attempt": booster.attempt, "reason": reason})
         bar.note(f"step {self.step}: booster {booster.index + 1} diverged ({reason}); discarded, not merged")
         if self.failures >= self.args.max_failed_boosters:
@@ -161,13 +178,18 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.setup.model.train()
-        total_loss, tokens = 0.0, 0
+        ranks, part = self.ranks, self.ranks.slice(self.args.batch_size) if self.ranks.active else None
+        total_loss, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         for j in range(self.args.grad_accum):
-            batch = self.setup.stream.batch(self.step * self.args.grad_accum + j)
-            loss, _ = causal_lm_loss(self.setup.model, batch)
-            (loss / self.args.grad_accum).backward()
-            total_loss += float(loss.detach()) / self.args.grad_accum
+            batch = self.setup.stream.batch(self.step * self.args.grad_accum + j, part).to(self.setup.device)
+            loss, count = causal_lm_loss(self.setup.model, batch)
+            # each rank's share of the global mean: summed over ranks, gradient and loss equal one process's
+            share = count / max(float(ranks.sum_(torch.tensor(float(count), dtype=torch.float64))), 1.0) if ranks.active else 1.0
+            (loss * share / self.args.grad_accum).backward()
+            total_loss += float(loss.detach()) * share / self.args.grad_accum
             tokens += batch.num_tokens
+        ranks.sum_grads_(self.booster.parameters())
+        total_loss, tokens = float(ranks.sum_(total_loss)), int(ranks.sum_(tokens))
         if self.args.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.booster.parameters(), self.args.max_grad_norm)
         self.optimizer.step()
@@ -191,12 +213,15 @@ class Trainer:
                 if not math.isfinite(loss) or not self.booster.is_finite():
                     self._discard(loss, bar)
                 elif self.step % self.args.log_every == 0 or self.step == total:
-                    self.run.log({"step": self.step, "loss": round(loss, 6), "lr": lr, "booster": index,
+                    self._log({"step": self.step, "loss": round(loss, 6), "lr": lr, "booster": index,
                                   "blocks": self.booster.blocks, "tokens": tokens, "tokens_per_s": round(speed, 1)})
                 bar.update(self.step, loss, lr, index, self.plan.num_boosters, speed)
                 booster_done = self.step % kappa == 0 or self.step == total
                 if booster_done and self.booster is not None:
-                    self.record.append(self.engine.merge(self.booster))
+                    merged = self.engine.merge(self.booster)
+                    self.ranks.check_same(merged.digest(), f"booster {merged.index + 1}")
+                    if self.ranks.main:
+                        self.record.append(merged)
                     self.booster, self.optimizer = None, None
                     self.failures = 0
                 if booster_done:
@@ -205,7 +230,8 @@ class Trainer:
                     self._checkpoint()
                 if self.step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
-        self.run.write_info({**self.run.info(), "status": "complete", "steps": self.step})
+        if self.ranks.main:
+            self.run.write_info({**self.run.info(), "status": "complete", "steps": self.step})
 
 
 def _first_difference(stored: dict, given: dict, prefix: str = "") -> str | None:
@@ -234,7 +260,19 @@ def _check_resumable(run: RunDir, recipe: Recipe) -> None:
 
 
 def start_run(recipe: Recipe, source: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
-    """Train ``recipe`` into its output_dir (new, replaced with ``overwrite``, or continued with ``resume``)."""
+    """Train ``recipe`` into its output_dir (new, replaced with ``overwrite``, or continued with ``resume``).
+
+    Under ``torchrun`` every rank runs this; the checks are read-only and run everywhere (so every rank
+    fails alike), while creating and writing the run directory is rank 0's alone.
+    """
+    ranks = init_from_env(recipe.device)
+    try:
+        return _train(recipe, source, resume, overwrite, progress, ranks)
+    finally:
+        shutdown(ranks)
+
+
+def _train(recipe: Recipe, source: str, resume: bool, overwrite: bool, progress: bool, ranks: Ranks) -> Path:
     run = RunDir(recipe.output_dir)
     if resume:
         _check_resumable(run, recipe)
@@ -243,21 +281,25 @@ def start_run(recipe: Recipe, source: str, resume: bool = False, overwrite: bool
             return run.path
     else:
         run.check_new(overwrite)
-    setup = prepare(recipe, source)
-    # the record (4 bytes per factor entry per booster) plus two checkpoints with AdamW moments, and slack
-    need = setup.plan.num_boosters * setup.trainable * 4 + 2 * setup.trainable * 12 + 16 * 2**20
-    check_writable(run.path, need, "output_dir")
-    if not resume:
-        info = {"model": recipe.model, "model_dir": str(setup.model_dir.resolve()), "dtype": recipe.dtype,
-                "plan": setup.plan.__dict__, "trainable_per_booster": setup.trainable}
-        run.create(recipe_to_yaml(recipe), info, overwrite)
+    setup = prepare(recipe, source, ranks)
+    ranks.barrier()  # every rank has passed its checks before rank 0 replaces or creates anything
+    if ranks.main:
+        # the record (4 bytes per factor entry per booster) plus two checkpoints with AdamW moments, and slack
+        need = setup.plan.num_boosters * setup.trainable * 4 + 2 * setup.trainable * 12 + 16 * 2**20
+        check_writable(run.path, need, "output_dir")
+        if not resume:
+            info = {"model": recipe.model, "model_dir": str(setup.model_dir.resolve()), "dtype": recipe.dtype,
+                    "plan": setup.plan.__dict__, "trainable_per_booster": setup.trainable, "ranks": ranks.world}
+            run.create(recipe_to_yaml(recipe), info, overwrite)
+    ranks.barrier()
     trainer = Trainer(setup, run, show_progress=progress)
     ckpt = run.load_checkpoint() if resume else None
     if ckpt is not None:
         trainer.restore(ckpt)
-    elif resume:
+    elif resume and ranks.main:
         trainer.record.truncate(0)
         run.truncate_metrics(0)
+    ranks.barrier()
     trainer.fit()
     return run.path
 

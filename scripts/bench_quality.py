@@ -1,0 +1,196 @@
+"""Accuracy under one budget: xgblora vs cola vs lora (and the untouched base) on real commonsense data.
+
+Protocol (every step goes through the `xgblora` command line, like a user would):
+  1. Cut a training mix and a validation split from the *training* files of every commonsense task found
+     under ``--data`` (default ``../shared/data/commonsense``); the test files are never used for choices.
+  2. For each method, train with every learning rate of its grid (seed 0) and keep the one with the lowest
+     validation loss (``xgblora eval RUN --task perplexity --data val.jsonl``).
+  3. Train the chosen learning rate with the other seeds (seed 0 is reused from step 2).
+  4. Score the base model and every final run on the test files (``xgblora eval --limit N``, loglik scoring).
+  5. Write the table between the bench_quality markers of ``docs/benchmarks.md`` and a loss-curve comparison
+     PNG (``xgblora report``).
+
+Runs already complete in ``--work`` are reused, so an interrupted benchmark continues where it stopped.
+
+    .venv/bin/python scripts/bench_quality.py [--steps 80] [--batch 4] [--seq 192] [--seeds 0 1] [--limit 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+FOLDERS = {"boolq": "boolq", "piqa": "piqa", "siqa": "social_i_qa", "hellaswag": "hellaswag", "winogrande": "winogrande",
+           "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "openbookqa": "openbookqa"}
+DEFAULT_LRS = {"xgblora": [1e-3, 3e-3], "cola": [3e-4, 1e-3], "lora": [3e-4, 1e-3]}
+START, END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "commonsense")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_LRS))
+    p.add_argument("--lrs", nargs="*", default=[], metavar="METHOD=LR,LR", help="override a method's grid")
+    p.add_argument("--steps", type=int, default=80, help="optimizer steps per run (the budget)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=192)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--train-per-task", type=int, default=400)
+    p.add_argument("--val-per-task", type=int, default=40)
+    p.add_argument("--limit", type=int, default=100, help="test questions per task (seeded subset)")
+    p.add_argument("--scoring", nargs="+", default=["loglik", "label"], help="xgblora eval --scoring modes to report")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    return p.parse_args()
+
+
+def cli(*args: str) -> None:
+    command = [sys.executable, "-m", "xgblora_cli", *args]
+    print("$", shlex.join(["xgblora", *args]), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int) -> list[str]:
+    """train.jsonl / val.jsonl in ``work`` from each task's training file; returns the tasks found."""
+    tasks, train, val = [], [], []
+    for task, folder in FOLDERS.items():
+        source = data / folder / "train.json"
+        if not source.is_file():
+            continue
+        records = json.loads(source.read_text())
+        random.Random(1234).shuffle(records)
+        val += records[:val_per_task]
+        train += records[val_per_task : val_per_task + per_task]
+        tasks.append(task)
+    if not tasks:
+        sys.exit(f"--data {data}: no <task>/train.json in the LLM-Adapters layout")
+    random.Random(1234).shuffle(train)
+    work.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train.jsonl", train), ("val.jsonl", val)):
+        (work / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tasks
+
+
+def train_run(args: argparse.Namespace, method: str, lr: float, seed: int) -> dict:
+    """Train (or reuse) one run; returns its directory, wall time and trainable parameters."""
+    out = args.work / f"{method}_lr{lr:g}_s{seed}"
+    recipe = {
+        "model": args.model, "dataset": str(args.work / "train.jsonl"), "output_dir": str(out), "method": method,
+        "seed": seed, "train": {"max_steps": args.steps, "batch_size": args.batch, "learning_rate": lr,
+                                "warmup_steps": max(1, args.steps // 10), "max_seq_len": args.seq, "checkpoint_every": 20},
+    }
+    info_file = out / "run.json"
+    done = info_file.is_file() and json.loads(info_file.read_text()).get("status") == "complete"
+    timing = out / "bench_wall_s.txt"
+    if not done or not timing.is_file():
+        recipe_file = args.work / f"{out.name}.yaml"
+        recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        started = time.perf_counter()
+        cli("train", str(recipe_file), "--no-progress", "--overwrite")
+        timing.write_text(f"{time.perf_counter() - started:.1f}\n")
+    info = json.loads(info_file.read_text())
+    trainable = info["trainable_per_booster"]
+    return {"dir": out, "wall_s": float(timing.read_text()), "trainable_per_booster": trainable,
+            "trainable_total": trainable * info["plan"]["num_boosters"], "plan": info["plan"]}
+
+
+def val_loss(args: argparse.Namespace, run: Path) -> float:
+    result = run / "val.json"
+    if not result.is_file():
+        cli("eval", str(run), "--task", "perplexity", "--data", str(args.work / "val.jsonl"), "--output", str(result))
+    return json.loads(result.read_text())["tasks"]["perplexity"]["mean_nll"]
+
+
+def test_scores(args: argparse.Namespace, target: str, tasks: list[str], folder: Path) -> dict[str, dict[str, float]]:
+    """Test accuracy (%) by scoring mode and task."""
+    scores = {}
+    folder.mkdir(parents=True, exist_ok=True)
+    for scoring in args.scoring:
+        result = folder / f"test_{scoring}.json"
+        if not result.is_file():
+            task_flags = [flag for task in tasks for flag in ("--task", task)]
+            cli("eval", target, *task_flags, "--data", str(args.data), "--limit", str(args.limit),
+                "--scoring", scoring, "--output", str(result))
+        scores[scoring] = {task: 100 * r["accuracy"] for task, r in json.loads(result.read_text())["tasks"].items()}
+    return scores
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.mean(values)
+    return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {statistics.stdev(values):.1f}"
+
+
+def table(rows: dict[str, dict], tasks: list[str], scoring: str) -> str:
+    head = "| model | lr (val loss) | " + " | ".join(tasks) + " | avg | train wall (s) | trainable params |"
+    lines = [head, "|" + "---|" * (len(tasks) + 5)]
+    for name, row in rows.items():
+        runs = [scores[scoring] for scores in row["scores"]]
+        cells = [spread([r[t] for r in runs]) for t in tasks]
+        avg = spread([statistics.mean(r[t] for t in tasks) for r in runs])
+        lines.append(f"| {name} | {row['lr']} | " + " | ".join(cells) + f" | **{avg}** | {row['wall']} | {row['params']} |")
+    return "\n".join(lines)
+
+
+def write_doc(doc: Path, body: str) -> None:
+    text = doc.read_text() if doc.is_file() else f"# Benchmarks\n\n{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    before, rest = text.split(START, 1)
+    after = rest.split(END, 1)[1]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(f"{before}{START}\n{body}\n{END}{after}")
+
+
+def main() -> None:
+    args = parse_args()
+    grids = dict(DEFAULT_LRS)
+    for item in args.lrs:
+        method, values = item.split("=", 1)
+        grids[method] = [float(v) for v in values.split(",")]
+    started = time.perf_counter()
+    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
+    rows: dict[str, dict] = {"base (untouched)": {"lr": "-", "wall": "-", "params": "0",
+                                                 "scores": [test_scores(args, args.model, tasks, args.work / "base")]}}
+    chosen_runs = []
+    for method in args.methods:
+        tried = {lr: train_run(args, method, lr, args.seeds[0]) for lr in grids[method]}
+        losses = {lr: val_loss(args, run["dir"]) for lr, run in tried.items()}
+        best = min(losses, key=losses.get)
+        print(f"{method}: validation loss by lr {losses} -> {best:g}", flush=True)
+        runs = [tried[best]] + [train_run(args, method, best, seed) for seed in args.seeds[1:]]
+        chosen_runs.append(runs[0]["dir"])
+        scores = [test_scores(args, str(r["dir"]), tasks, r["dir"]) for r in runs]
+        val_text = ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss in losses.items())
+        plan = runs[0]["plan"]
+        rows[f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"] = {
+            "lr": f"**{best:g}** ({val_text})", "scores": scores,
+            "wall": spread([r["wall_s"] for r in runs]),
+            "params": f"{runs[0]['trainable_per_booster']:,} per booster, {runs[0]['trainable_total']:,} in all"}
+    plot = args.doc.parent / "bench_quality_loss.png"
+    cli("report", *map(str, chosen_runs), "--out", str(plot))
+    command = "python scripts/bench_quality.py " + shlex.join(sys.argv[1:])
+    body = (f"Command: `{command.strip()}` (total {time.perf_counter() - started:.0f} s on this machine, "
+            f"runs reused: see `{args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work}`)\n\n"
+            f"Budget: {args.steps} optimizer steps x batch {args.batch} x at most {args.seq} tokens, "
+            f"{args.train_per_task} training and {args.val_per_task} validation records per task from the training files; "
+            f"seeds {' '.join(map(str, args.seeds))}; test accuracy (%) on a seeded subset of {args.limit} "
+            f"questions per test file, mean ± standard deviation over seeds.\n\n"
+            + "".join(f"Scoring `{s}`:\n\n{table(rows, tasks, s)}\n\n" for s in args.scoring)
+            + f"![training loss of the seed-{args.seeds[0]} runs]({plot.name})")
+    write_doc(args.doc, body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
