@@ -40,13 +40,13 @@ def make_tokenizer(chat: bool = True):
     return fast
 
 
-def save_tiny_model(folder: Path, layers: int = 4, chat: bool = True, seed: int = 0) -> Path:
-    """A random LLaMA (hidden 32, ``layers`` blocks) saved as a Hugging Face folder with its tokenizer."""
+def save_tiny_model(folder: Path, layers: int = 4, chat: bool = True, seed: int = 0, hidden: int = 32) -> Path:
+    """A random LLaMA (``hidden`` wide, ``layers`` blocks) saved as a Hugging Face folder with its tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tokenizer = make_tokenizer(chat)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )

@@ -166,6 +166,13 @@ def resolve_model_dir(spec: str, allow_pickle: bool = False, trust_remote_code: 
     return _hub_folder(spec)
 
 
+def _remote_hint(err: Exception) -> str:
+    text = str(err)
+    if "custom code" in text or "trust_remote_code" in text:
+        return " (it ships its own Python code, refused unless the recipe sets trust_remote_code: true)"
+    return ""
+
+
 def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` is CUDA when there is one (data-parallel rank r takes GPU ``local_rank``), else the CPU."""
     from xgblora_cli.recipe import DEVICE
@@ -192,8 +199,7 @@ def load_model(model_dir: Path, dtype: str, device: torch.device | str = "cpu", 
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
     except Exception as err:
-        hint = " (it ships its own code: set trust_remote_code: true only if you trust it)" if "trust_remote_code" in str(err) else ""
-        raise UserError(f"model '{model_dir}': could not be loaded{hint}: {first_line(err)}") from None
+        raise UserError(f"model '{model_dir}': could not be loaded{_remote_hint(err)}: {first_line(err)}") from None
     model.requires_grad_(False)
     model.config.use_cache = False
     return model.to(device)
@@ -206,7 +212,7 @@ def load_skeleton(model_dir: Path, trust_remote_code: bool = False) -> nn.Module
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as err:
-        raise UserError(f"model '{model_dir}': could not read its config: {first_line(err)}") from None
+        raise UserError(f"model '{model_dir}': could not read its config{_remote_hint(err)}: {first_line(err)}") from None
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
@@ -217,7 +223,7 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):  # -> tran
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except Exception as err:
-        raise UserError(f"model '{model_dir}': could not load its tokenizer: {first_line(err)}") from None
+        raise UserError(f"model '{model_dir}': could not load its tokenizer{_remote_hint(err)}: {first_line(err)}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.errors import UserError, first_line
 from xgblora_cli.fsutil import atomic_write_bytes, atomic_write_text
 from xgblora_cli.models import BaseWeights
 
@@ -95,9 +95,12 @@ class Record:
             path = self.dir / entry["file"]
             if (boosters and entry["index"] <= boosters[-1].index) or not path.is_file():
                 raise UserError(f"{self.dir}: booster {entry['index']} is missing or out of order; the run directory is corrupt")
-            tensors = load_file(path)
-            names = sorted({key.rsplit("::", 1)[0] for key in tensors})
-            factors = {name: (tensors[f"{name}::U"], tensors[f"{name}::V"]) for name in names}
+            try:
+                tensors = load_file(path)
+                names = sorted({key.rsplit("::", 1)[0] for key in tensors})
+                factors = {name: (tensors[f"{name}::U"], tensors[f"{name}::V"]) for name in names}
+            except Exception as err:
+                raise UserError(f"{path}: unreadable booster file ({first_line(err)}); the run directory is corrupt") from None
             boosters.append(Booster(entry["index"], list(entry["blocks"]), factors))
         return boosters
 
@@ -147,6 +150,12 @@ def apply_record(model: nn.Module, base: BaseWeights, boosters: list[Booster]) -
     params = dict(model.named_parameters())
     unknown = sorted(touched - set(params))
     if unknown:
-        raise UserError(f"the booster record names weights the model does not have (first: {unknown[0]})")
+        raise UserError(f"the booster record names weights the model does not have (first: {unknown[0]}); the run does not match this base model")
+    for name in sorted(touched):
+        shape = tuple(params[name].shape)
+        for u, v in merged.factors[name]:
+            if (u.shape[0], v.shape[1]) != shape or u.shape[1] != v.shape[0]:
+                raise UserError(f"the booster record's update for {name} is {u.shape[0]}x{v.shape[1]}, the model's weight is "
+                                f"{shape[0]}x{shape[1]}; the run does not match this base model")
     merged.write_into(model, sorted(touched))
     return merged
