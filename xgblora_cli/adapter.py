@@ -29,7 +29,7 @@ class LoRALinear(nn.Module):
         self.base = base
         self.rank = rank
         self.scale = scale
-        d_out, d_in = base.weight.shape
+        d_out, d_in = base.out_features, base.in_features  # (a quantized weight is packed: not its shape)
         device = base.weight.device
         self.lora_a = nn.Parameter(torch.empty(rank, d_in, device=device, dtype=torch.float32))
         self.lora_b = nn.Parameter(torch.zeros(d_out, rank, device=device, dtype=torch.float32))

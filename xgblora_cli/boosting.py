@@ -91,7 +91,8 @@ def trainable_per_booster(targets: Targets, plan: BoosterPlan) -> int:
     total = 0
     for layers in targets[: plan.layers_per_booster]:
         for parent, attr in layers.values():
-            d_out, d_in = getattr(parent, attr).weight.shape
+            layer = getattr(parent, attr)
+            d_out, d_in = layer.out_features, layer.in_features
             total += plan.rank * (d_in + d_out)
     return total
 

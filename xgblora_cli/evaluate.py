@@ -70,8 +70,9 @@ def load_target(target: str, settings: EvalSettings) -> tuple[nn.Module, object,
     run = RunDir(target)
     if run.is_run():
         base_dir = run.base_dir()
-        remote = run.recipe().trust_remote_code
-        model = load_model(base_dir, settings.dtype or run.info().get("dtype", "float32"), device, remote)
+        recipe = run.recipe()  # evaluated as trained: same code trust and quantization
+        remote = recipe.trust_remote_code
+        model = load_model(base_dir, settings.dtype or run.info().get("dtype", "float32"), device, remote, recipe.quantization)
         boosters = Record(run.path).load()
         apply_record(model, BaseWeights(base_dir), boosters)
         return model, load_tokenizer(base_dir, remote), {"kind": "run", "path": str(run.path), "boosters": len(boosters)}

@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -191,18 +192,30 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def load_model(model_dir: Path, dtype: str, device: torch.device | str = "cpu", trust_remote_code: bool = False) -> nn.Module:
-    """The causal LM in ``model_dir`` on ``device`` with every base parameter frozen."""
+def load_model(
+    model_dir: Path, dtype: str, device: torch.device | str = "cpu", trust_remote_code: bool = False, quantization: str = "none",
+) -> nn.Module:
+    """The causal LM in ``model_dir`` on ``device`` with every base parameter frozen.
+
+    ``quantization`` ``4bit``/``8bit`` quantizes the blocks' linear layers with bitsandbytes while loading
+    (``dtype`` is then the compute dtype); the files in ``model_dir`` stay the unquantized original.
+    """
     from transformers import AutoModelForCausalLM
 
+    from xgblora_cli.quantized import bnb_config
+
     quiet_transformers()
+    quantized = bnb_config(quantization, DTYPES[dtype])
+    # bitsandbytes' 8-bit matmul says this on every call; it is expected (the int8 path works in fp16)
+    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+    extra = {} if quantized is None else {"quantization_config": quantized, "device_map": {"": torch.device(device)}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **extra)
     except Exception as err:
         raise UserError(f"model '{model_dir}': could not be loaded{_remote_hint(err)}: {first_line(err)}") from None
     model.requires_grad_(False)
     model.config.use_cache = False
-    return model.to(device)
+    return model if quantized is not None else model.to(device)
 
 
 def load_skeleton(model_dir: Path, trust_remote_code: bool = False) -> nn.Module:

@@ -28,6 +28,7 @@ from xgblora_cli.errors import UserError
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DTYPES = ("float32", "bfloat16", "float16")
 TEMPLATES = ("auto", "chat", "plain")
+QUANTIZATIONS = ("none", "4bit", "8bit")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -124,6 +125,7 @@ class Recipe:
     steps_per_booster: int | None = None
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     dtype: str = "float32"
+    quantization: str = "none"
     seed: int = 0
     dataset_split: str = "train"
     prompt_template: str = "auto"
@@ -152,6 +154,7 @@ class Recipe:
         )
         _require(len(self.target_modules) > 0, "target_modules", "must name at least one module, e.g. [q_proj, v_proj]")
         _require(self.dtype in DTYPES, "dtype", f"must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        _require(self.quantization in QUANTIZATIONS, "quantization", f"must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
         _require(self.prompt_template in TEMPLATES, "prompt_template", f"must be one of {', '.join(TEMPLATES)}, got {self.prompt_template!r}")
         _require(bool(DEVICE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("model", "dataset", "output_dir"):

@@ -20,6 +20,7 @@ from torch import nn
 from xgblora_cli.errors import UserError, first_line
 from xgblora_cli.fsutil import atomic_write_bytes, atomic_write_text
 from xgblora_cli.models import BaseWeights
+from xgblora_cli.quantized import is_quantized, linear_shape, set_merged
 
 INDEX = "index.jsonl"
 
@@ -125,18 +126,26 @@ class MergedWeights:
         cancels, so rounding it once to the model dtype gives the nearest representable weight.
         """
         w0 = self.base.get(name).to(torch.float64)
-        pairs = self.factors.get(name, [])
-        if not pairs:
+        if not self.factors.get(name):
             return w0
-        u = torch.cat([p[0].to(w0.device, torch.float64) for p in pairs], dim=1)  # (d_out, R)
-        v = torch.cat([p[1].to(w0.device, torch.float64) for p in pairs], dim=0)  # (R, d_in)
+        u, v = self.stacked(name, torch.float64)
         return torch.addmm(w0, u, v)
 
+    def stacked(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every merged factor of ``name`` side by side: U (d_out, R) and V (R, d_in), R = total rank."""
+        pairs = self.factors[name]
+        return torch.cat([p[0].to(dtype) for p in pairs], dim=1), torch.cat([p[1].to(dtype) for p in pairs], dim=0)
+
     def write_into(self, model: nn.Module, names: list[str]) -> None:
-        """Set each named weight of ``model`` to its exact value, rounded once to the weight's dtype."""
+        """Set each named weight of ``model`` to its exact value, rounded once to the weight's dtype; a
+        quantized layer instead keeps the merged factors beside it (see quantized.py)."""
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name in names:
+                module = model.get_submodule(name.rsplit(".", 1)[0])
+                if is_quantized(module):
+                    set_merged(module, *self.stacked(name, torch.float32))
+                    continue
                 param = params[name]
                 param.copy_(self.exact(name).to(device=param.device, dtype=param.dtype))
 
@@ -152,7 +161,7 @@ def apply_record(model: nn.Module, base: BaseWeights, boosters: list[Booster]) -
     if unknown:
         raise UserError(f"the booster record names weights the model does not have (first: {unknown[0]}); the run does not match this base model")
     for name in sorted(touched):
-        shape = tuple(params[name].shape)
+        shape = linear_shape(model.get_submodule(name.rsplit(".", 1)[0]))
         for u, v in merged.factors[name]:
             if (u.shape[0], v.shape[1]) != shape or u.shape[1] != v.shape[0]:
                 raise UserError(f"the booster record's update for {name} is {u.shape[0]}x{v.shape[1]}, the model's weight is "

@@ -78,7 +78,7 @@ def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:
     check_batch(ranks, recipe.train.batch_size, source)
     device = pick_device(recipe.device, ranks.local_rank)
     model_dir = resolve_model_dir(recipe.model, recipe.allow_pickle, recipe.trust_remote_code)
-    model = load_model(model_dir, recipe.dtype, device, recipe.trust_remote_code)
+    model = load_model(model_dir, recipe.dtype, device, recipe.trust_remote_code, recipe.quantization)
     plan = plan_for(recipe, model, source)
     trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
     tokenizer = load_tokenizer(model_dir, recipe.trust_remote_code)
