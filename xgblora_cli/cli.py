@@ -37,26 +37,25 @@ def user_errors(func: Callable) -> Callable:
 
 
 def _dry_run(recipe: Recipe, source: str) -> None:
-    from xgblora_cli.boosting import find_targets, trainable_per_booster
-    from xgblora_cli.models import load_skeleton, resolve_model_dir
-    from xgblora_cli.train import plan_for
+    from xgblora_cli.models import pick_device
+    from xgblora_cli.plan import GIB, plan_recipe
 
-    model = load_skeleton(resolve_model_dir(recipe.model, recipe.allow_pickle, recipe.trust_remote_code), recipe.trust_remote_code)
-    plan = plan_for(recipe, model, source)
-    trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
+    result = plan_recipe(recipe, source, str(pick_device(recipe.device)))
+    plan, trainable = result["inputs"]["plan"], result["inputs"]["trainable_per_booster"]
     print(recipe_to_yaml(recipe), end="")
     table = Table(title="boosting plan", show_header=False)
     for key, value in [
         ("method", recipe.method),
-        ("boosters T", plan.num_boosters),
-        ("steps per booster (kappa)", plan.steps_per_booster),
-        ("blocks per booster (k)", f"{plan.layers_per_booster} of {plan.num_layers}"),
-        ("rank r / alpha / scale", f"{plan.rank} / {plan.alpha:g} / {plan.scale:g}"),
+        ("boosters T", plan["num_boosters"]),
+        ("steps per booster (kappa)", plan["steps_per_booster"]),
+        ("blocks per booster (k)", f"{plan['layers_per_booster']} of {plan['num_layers']}"),
+        ("rank r / alpha", f"{plan['rank']} / {plan['alpha']:g}"),
         ("trainable parameters per booster", f"{trainable:,}"),
+        ("estimated peak memory (xgblora plan)", f"{result['peak_bytes'] / GIB:.2f} GiB"),
     ]:
         table.add_row(key, str(value))
     Console().print(table)
-    print(f"boosters={plan.num_boosters} trainable_per_booster={trainable}")
+    print(f"boosters={plan['num_boosters']} trainable_per_booster={trainable}")
 
 
 @app.command()
@@ -68,6 +67,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the run in output_dir from its checkpoint"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace a non-empty output_dir"),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
+    memory_check: bool = typer.Option(True, "--memory-check/--no-memory-check", help="refuse a run the memory plan says cannot fit"),
 ) -> None:
     """Fine-tune a model with the boosting loop described by RECIPE."""
     recipe = load_recipe(recipe_path, overrides or [])
@@ -76,9 +76,48 @@ def train(
         return
     from xgblora_cli.train import start_run
 
-    run_dir = start_run(recipe, str(recipe_path), resume=resume, overwrite=overwrite, progress=progress)
+    run_dir = start_run(recipe, str(recipe_path), resume=resume, overwrite=overwrite, progress=progress, memory_check=memory_check)
     if os.environ.get("RANK", "0") == "0":
         console.print(f"done: {run_dir}  (merge with: xgblora merge {run_dir} --out {run_dir}/merged)")
+
+
+@app.command()
+@user_errors
+def plan(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="YAML recipe"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="overrides, e.g. method=lora rank=32"),
+    gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="plan for a GPU of this size, e.g. 24GiB (default: this machine's device)"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON object with peak_bytes and the components"),
+) -> None:
+    """Estimate peak training memory by component and say whether it fits."""
+    import json
+
+    from xgblora_cli.models import pick_device
+    from xgblora_cli.plan import GIB, device_memory, parse_size, plan_recipe
+
+    recipe = load_recipe(recipe_path, overrides or [])
+    if gpu_memory is not None:
+        device = "cuda"
+        try:
+            budget = parse_size(gpu_memory)
+        except ValueError:
+            raise UserError(f"--gpu-memory: expected a size such as 24GiB or 80GB, got {gpu_memory!r}") from None
+    else:
+        device = str(pick_device(recipe.device))
+        budget = device_memory(device)
+    result = plan_recipe(recipe, str(recipe_path), device)
+    result.update(budget_bytes=budget, fits=result["peak_bytes"] <= budget)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"memory plan of {recipe_path} on {device} ({budget / GIB:.1f} GiB)")
+    table.add_column("component")
+    table.add_column("GiB", justify="right")
+    for name, value in result["components"].items():
+        table.add_row(name, f"{value / GIB:.2f}")
+    table.add_row("[bold]peak", f"[bold]{result['peak_bytes'] / GIB:.2f}")
+    Console().print(table)
+    print(f"peak_bytes={result['peak_bytes']} fits={'yes' if result['fits'] else 'no'}")
 
 
 @app.command()

@@ -259,7 +259,23 @@ def _check_resumable(run: RunDir, recipe: Recipe) -> None:
         raise UserError(f"--resume: the recipe differs from the one {run.path} was started with: {diff}")
 
 
-def start_run(recipe: Recipe, source: str, resume: bool = False, overwrite: bool = False, progress: bool = True) -> Path:
+def check_fits(recipe: Recipe, source: str, ranks: Ranks) -> None:
+    """Refuse, with the numbers, a run whose memory plan exceeds its device (``--no-memory-check`` skips this)."""
+    from xgblora_cli.plan import device_memory, plan_recipe, summary_line
+
+    device = str(pick_device(recipe.device, ranks.local_rank))
+    result, budget = plan_recipe(recipe, source, device, ranks.world), device_memory(device)
+    if budget and result["peak_bytes"] > budget:
+        raise UserError(
+            f"{source}: the memory plan does not fit {device}: {summary_line(result, budget)}; lower train.batch_size or "
+            "train.max_seq_len, set train.gradient_checkpointing: true or quantization: 4bit (see xgblora plan), "
+            "or pass --no-memory-check"
+        )
+
+
+def start_run(
+    recipe: Recipe, source: str, resume: bool = False, overwrite: bool = False, progress: bool = True, memory_check: bool = True,
+) -> Path:
     """Train ``recipe`` into its output_dir (new, replaced with ``overwrite``, or continued with ``resume``).
 
     Under ``torchrun`` every rank runs this; the checks are read-only and run everywhere (so every rank
@@ -267,6 +283,8 @@ def start_run(recipe: Recipe, source: str, resume: bool = False, overwrite: bool
     """
     ranks = init_from_env(recipe.device)
     try:
+        if memory_check:
+            check_fits(recipe, source, ranks)
         return _train(recipe, source, resume, overwrite, progress, ranks)
     finally:
         shutdown(ranks)

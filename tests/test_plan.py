@@ -1,0 +1,65 @@
+"""`xgblora plan`: the estimate against measured peak memory, the LLaMA3-8B recipes, and train's refusal."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, run_cli, tiny_recipe, write_recipe
+from xgblora_cli.errors import UserError
+from xgblora_cli.recipe import load_recipe, recipe_from_dict
+from xgblora_cli.train import start_run
+
+SHAPE = ROOT / "recipes" / "shapes" / "llama3-8b"
+GIB = 2**30
+
+
+@pytest.mark.parametrize("size", ["tiny-256", "tiny-512", "smollm2-b4s256"])
+def test_estimate_is_within_15_percent_of_measured_peak(size: str) -> None:
+    """Peak = the training process's ru_maxrss minus its RSS right after the imports (see scripts/plan_check.py):
+    tiny random LLaMAs (one with a rank-8 booster over all blocks) and the real SmolLM2, batches filled to max_seq_len."""
+    done = subprocess.run([sys.executable, "scripts/plan_check.py", "--only", size], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    line = next(line for line in done.stdout.splitlines() if line.startswith(f"{size}:"))
+    ratio = float(line.split("ratio ")[1].split()[0])
+    assert 0.85 <= ratio <= 1.15, line
+
+
+def plan_json(recipe: Path, *extra: str) -> dict:
+    result = run_cli("plan", str(recipe), f"model={SHAPE}", *extra, "--gpu-memory", "24GiB", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("name", ["mmlu_llama3", "commonsense_llama3"])
+def test_llama3_recipes_fit_24gib_and_lora_rank_32_does_not(name: str) -> None:
+    recipe = ROOT / "recipes" / f"{name}.yaml"
+    shipped = plan_json(recipe)
+    assert shipped["fits"] and shipped["peak_bytes"] < 24 * GIB
+    assert set(shipped["components"]) >= {"weights", "adapters", "activations", "loss", "record"}
+    assert shipped["inputs"]["shape"]["vocab"] == 128256 and shipped["inputs"]["plan"]["rank"] == 1
+    lora = plan_json(recipe, "method=lora", "rank=32", "layers_per_booster=all", "steps_per_booster=null")
+    assert lora["peak_bytes"] > 23 * GIB and lora["peak_bytes"] > shipped["peak_bytes"] + 3 * GIB
+
+
+def test_quantized_base_and_checkpointing_shrink_their_components() -> None:
+    recipe = ROOT / "recipes" / "mmlu_llama3.yaml"
+    plain = plan_json(recipe)
+    nf4 = plan_json(recipe, "quantization=4bit")
+    ckpt = plan_json(recipe, "train.gradient_checkpointing=true")
+    assert nf4["components"]["weights"] < 0.35 * plain["components"]["weights"]
+    assert ckpt["components"]["activations"] < 0.25 * plain["components"]["activations"]
+
+
+def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    monkeypatch.setattr("xgblora_cli.plan.device_memory", lambda device: 64 * 2**20)  # a 64 MiB device
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir, train={"batch_size": 64, "max_seq_len": 512}), "r.yaml")
+    with pytest.raises(UserError, match=r"r.yaml: the memory plan does not fit cpu: .* GiB needed \(.*\) of 0.1 GiB; .* --no-memory-check"):
+        start_run(recipe, "r.yaml", progress=False)
+    assert not (tmp_path / "run").exists()
+    start_run(recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir), "r.yaml"), "r.yaml", progress=False, memory_check=False)
+    assert (tmp_path / "run" / "run.json").is_file()
