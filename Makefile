@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test quickstart bench fidelity clean
+.PHONY: install test quickstart bench bench-quality plan-check fidelity clean
 
 install: $(STAMP)
 
@@ -27,6 +27,14 @@ quickstart: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt peft
 	$(PY) scripts/bench_speed.py --batch 4 --seq 128 --steps 4
+
+# accuracy under one budget on ../shared/data/commonsense (about 2-3 hours on 2 cores; resumable)
+bench-quality: $(STAMP)
+	$(PY) scripts/bench_quality.py
+
+# xgblora plan against measured peak memory of CPU runs (about 10 minutes)
+plan-check: $(STAMP)
+	$(PY) scripts/plan_check.py
 
 fidelity: $(STAMP)
 	$(PY) scripts/merge_fidelity.py

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli, tiny_recipe, write_recipe
+from tests.conftest import ROOT, run_cli, tiny_recipe
 from xgblora_cli.errors import UserError
-from xgblora_cli.recipe import load_recipe, recipe_from_dict
+from xgblora_cli.recipe import recipe_from_dict
 from xgblora_cli.train import start_run
 
 SHAPE = ROOT / "recipes" / "shapes" / "llama3-8b"
@@ -51,7 +51,7 @@ def test_quantized_base_and_checkpointing_shrink_their_components() -> None:
     plain = plan_json(recipe)
     nf4 = plan_json(recipe, "quantization=4bit")
     ckpt = plan_json(recipe, "train.gradient_checkpointing=true")
-    assert nf4["components"]["weights"] < 0.35 * plain["components"]["weights"]
+    assert nf4["components"]["weights"] < 0.4 * plain["components"]["weights"]  # embeddings and head stay bf16
     assert ckpt["components"]["activations"] < 0.25 * plain["components"]["activations"]
 
 

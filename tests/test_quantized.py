@@ -12,7 +12,7 @@ import torch
 from tests.conftest import tiny_recipe
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
-from xgblora_cli.models import BaseWeights, load_model
+from xgblora_cli.models import BaseWeights
 from xgblora_cli.quantized import bnb_config, is_quantized
 from xgblora_cli.recipe import recipe_from_dict, recipe_to_yaml
 from xgblora_cli.record import MergedWeights, Record

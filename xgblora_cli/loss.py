@@ -11,7 +11,6 @@ logits, turned into their own gradient in place, and ``logsumexp``'s temporary) 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from xgblora_cli.data import IGNORE, Batch

@@ -14,7 +14,7 @@ and nothing else. The estimate is for one training process (one data-parallel ra
   coefficients were counted with ``torch.autograd.graph.saved_tensors_hooks`` on this implementation
   (LLaMA blocks, SDPA attention): a frozen block saves ``(8 + 2b) h + 3 b m + 2 b kv + 4 heads + 8`` bytes
   per token, an adapted one ``c h + 4 m + 28 r`` more (``c`` = 5 for fp32, 20.5 for 16-bit), where ``b`` is
-  the dtype's bytes, ``kv`` the key/value width.
+  the dtype's bytes, ``kv`` the key/value width; plus a fitted ``8 h`` per adapted block (see below).
 - **loss**: one chunk of fp32 logits (1,024 rows x vocabulary) twice over (the logits, turned into their own
   gradient in place, and ``logsumexp``'s temporary; half a chunk more for a 16-bit head), and the saved
   gradient for the hidden states. Full logits are never formed (loss.py).
@@ -80,8 +80,10 @@ def frozen_block_bytes(s: Shape, b: int) -> float:
 
 
 def adapter_extra_bytes(s: Shape, b: int, rank: int) -> float:
-    """Extra saved bytes per token of a block carrying adapters on all seven projections."""
-    return (5.0 if b == 4 else 20.5) * s.hidden + 4 * s.intermediate + 28 * rank
+    """Extra bytes per token of a block carrying adapters on all seven projections: what autograd saves
+    (counted), plus 8 h for the adapter path's backward buffers (fitted to the resident-set checks of
+    scripts/plan_check.py, where LoRA over all blocks otherwise came out 12-14% low)."""
+    return (5.0 if b == 4 else 20.5) * s.hidden + 4 * s.intermediate + 28 * rank + 8 * s.hidden
 
 
 def weight_bytes(s: Shape, b: int, quantization: str) -> int:
