@@ -56,6 +56,20 @@ def _alias_gguf(alias: str) -> Path:
     return path
 
 
+def _publish(out_dir: Path, source: dict, write, failure: str) -> Path:
+    """Build a model folder with ``write(tmp)`` in a temporary sibling, then rename it into place atomically."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
+    try:
+        write(tmp)
+        (tmp / "xgblora_source.json").write_text(json.dumps(source))
+        os.replace(tmp, out_dir)
+    except Exception as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{failure}: {first_line(err)}") from None
+    return out_dir
+
+
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     """Dequantize a GGUF checkpoint once into a float32 safetensors folder (atomically renamed into place)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,21 +77,16 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     quiet_transformers()
     os.environ.setdefault("TQDM_DISABLE", "1")  # the gguf reader's per-tensor bar
     print(f"converting {gguf.name} once into {out_dir} (about 30 s; later runs reuse it)", file=sys.stderr, flush=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / "xgblora_source.json").write_text(json.dumps({"gguf": str(gguf)}))
-        os.replace(tmp, out_dir)
-    except Exception as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"model '{gguf}': could not convert the GGUF file: {err}") from None
-    return out_dir
+
+    return _publish(out_dir, {"gguf": str(gguf)}, write, f"model '{gguf}': could not convert the GGUF file")
 
 
 def _cached_gguf(gguf: Path) -> Path:
@@ -95,18 +104,12 @@ def convert_pickle(src: Path, out_dir: Path, trust_remote_code: bool) -> Path:
 
     quiet_transformers()
     print(f"converting the pickle weights of {src} once into {out_dir}", file=sys.stderr, flush=True)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
-    try:
-        model = AutoModelForCausalLM.from_pretrained(src, use_safetensors=False, trust_remote_code=trust_remote_code)
-        model.save_pretrained(tmp)
+
+    def write(tmp: Path) -> None:
+        AutoModelForCausalLM.from_pretrained(src, use_safetensors=False, trust_remote_code=trust_remote_code).save_pretrained(tmp)
         load_tokenizer(src, trust_remote_code).save_pretrained(tmp)
-        (tmp / "xgblora_source.json").write_text(json.dumps({"pickle": str(src)}))
-        os.replace(tmp, out_dir)
-    except Exception as err:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"model '{src}': could not convert its pickle weights: {first_line(err)}") from None
-    return out_dir
+
+    return _publish(out_dir, {"pickle": str(src)}, write, f"model '{src}': could not convert its pickle weights")
 
 
 def _cached_pickle(src: Path, trust_remote_code: bool) -> Path:
