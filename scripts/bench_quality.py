@@ -29,9 +29,9 @@ from pathlib import Path
 
 import yaml
 
+from xgblora_cli.tasks.commonsense import FOLDERS
+
 ROOT = Path(__file__).resolve().parent.parent
-FOLDERS = {"boolq": "boolq", "piqa": "piqa", "siqa": "social_i_qa", "hellaswag": "hellaswag", "winogrande": "winogrande",
-           "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "openbookqa": "openbookqa"}
 DEFAULT_LRS = {"xgblora": [1e-3, 3e-3], "cola": [3e-4, 1e-3], "lora": [3e-4, 1e-3]}
 START, END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
 

@@ -22,6 +22,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from xgblora_cli.recipe import apply_override
+
 ROOT = Path(__file__).resolve().parent.parent
 # name -> (model: "smollm2-135m" or tiny (hidden, intermediate, layers, heads, kv heads, vocab)), recipe fields
 SIZES: dict[str, tuple] = {
@@ -58,11 +60,7 @@ def fields(model: str, data: Path, out: Path, extra: dict) -> dict:
     recipe: dict = {"model": model, "dataset": str(data), "output_dir": str(out), "method": "xgblora", "steps_per_booster": 1,
                     "train": {"max_steps": 3, "checkpoint_every": 100, "learning_rate": 1e-4}}
     for key, value in extra.items():
-        node = recipe
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        apply_override(recipe, f"{key}={value}")
     return recipe
 
 

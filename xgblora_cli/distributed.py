@@ -78,14 +78,19 @@ SINGLE = Ranks()
 
 
 def init_from_env(device: str) -> Ranks:
-    """Join the process group that ``torchrun`` describes in the environment (gloo on CPU, nccl on CUDA)."""
+    """Join the process group that ``torchrun`` describes in the environment: gloo on the CPU, nccl on CUDA
+    (``device`` is the recipe's, ``auto`` included), each rank on its own GPU."""
+    from xgblora_cli.models import pick_device
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return SINGLE
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        resolved = pick_device(device, local_rank)
+        if resolved.type == "cuda":
+            torch.cuda.set_device(resolved)
+        dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo", timeout=timedelta(minutes=30))
     return Ranks(rank, world, local_rank)
 
 

@@ -26,7 +26,7 @@ from xgblora_cli.loss import causal_lm_loss
 from xgblora_cli.models import BaseWeights, load_model, load_tokenizer, pick_device, resolve_model_dir
 from xgblora_cli.record import Record, apply_record
 from xgblora_cli.rundir import RunDir
-from xgblora_cli.scoring import score_generate, score_loglik
+from xgblora_cli.scoring import model_device, score_generate, score_loglik
 from xgblora_cli.tasks import Loaded, commonsense, mmlu
 
 TASKS = ["mmlu", *commonsense.FOLDERS, "perplexity"]
@@ -138,7 +138,7 @@ def run_perplexity(model, tokenizer, settings: EvalSettings, console: Console) -
         job = bar.add_task("perplexity", total=len(chosen))
         for start in range(0, len(chosen), settings.batch_size):
             items = [encode(tokenizer, *render(tokenizer, r, chat), 1024) for r in chosen[start : start + settings.batch_size]]
-            batch = collate(items, tokenizer.pad_token_id).to(model.get_output_embeddings().weight.device)
+            batch = collate(items, tokenizer.pad_token_id).to(model_device(model))
             loss, count = causal_lm_loss(model, batch)
             total_nll += float(loss) * count
             total_tokens += count

@@ -14,7 +14,6 @@ import os
 import shutil
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
@@ -209,8 +208,6 @@ def load_model(
 
     quiet_transformers()
     quantized = bnb_config(quantization, DTYPES[dtype])
-    # bitsandbytes' 8-bit matmul says this on every call; it is expected (the int8 path works in fp16)
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
     extra = {} if quantized is None else {"quantization_config": quantized, "device_map": {"": torch.device(device)}}
     try:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **extra)

@@ -11,6 +11,8 @@ Memory: ``4 * (d_in + d_out)`` bytes per rank-1 booster per weight, which ``xgbl
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,10 +31,13 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype):  # -> transformer
         from transformers import BitsAndBytesConfig
     except Exception as err:  # not installed, or no usable backend on this machine
         raise UserError(f"quantization: '{quantization}' needs bitsandbytes, which could not be loaded: {first_line(err)}") from None
+    if quantization == "8bit":
+        # bitsandbytes' 8-bit matmul warns on every call that it casts inputs to fp16; that is how it works
+        warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
+        return BitsAndBytesConfig(load_in_8bit=True)
     if quantization == "4bit":
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
                                   bnb_4bit_use_double_quant=True)
-    return BitsAndBytesConfig(load_in_8bit=True)
 
 
 def is_quantized(module: nn.Module) -> bool:

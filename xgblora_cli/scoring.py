@@ -24,6 +24,11 @@ def context_text(tokenizer, question: Question, chat: bool) -> str:
     return "".join(plain(p) + a + "\n\n" for p, a in question.shots) + plain(question.prompt)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model computes (its output head's device): inputs are moved there."""
+    return model.get_output_embeddings().weight.device
+
+
 @torch.no_grad()
 def continuation_logprobs(model: nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
     """Summed log-probability of each continuation given its context; pairs of (context ids, continuation ids)."""
@@ -35,7 +40,7 @@ def continuation_logprobs(model: nn.Module, pairs: list[tuple[list[int], list[in
         ids[row, : len(ctx) + len(cont)] = torch.tensor(ctx + cont)
         mask[row, : len(ctx) + len(cont)] = 1
         target[row, len(ctx) : len(ctx) + len(cont)] = True
-    device = model.get_output_embeddings().weight.device
+    device = model_device(model)
     ids, mask, target = ids.to(device), mask.to(device), target.to(device)
     hidden = model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
     predicts = target[:, 1:]  # position i predicts token i + 1
@@ -54,7 +59,7 @@ def last_position_logprobs(model: nn.Module, contexts: list[list[int]], pad_id: 
     for row, ctx in enumerate(contexts):
         ids[row, : len(ctx)] = torch.tensor(ctx)
         mask[row, : len(ctx)] = 1
-    device = model.get_output_embeddings().weight.device
+    device = model_device(model)
     hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     last = hidden[torch.arange(len(contexts), device=device), mask.to(device).sum(1) - 1]  # (n, d)
     return F.log_softmax(model.get_output_embeddings()(last).float(), dim=-1).cpu()
@@ -102,7 +107,7 @@ def score_generate(model: nn.Module, tokenizer, questions: list[Question], chat:
     """LLM-Adapters protocol: greedy generation, then the first candidate label found in the text (-1: none)."""
     texts = [context_text(tokenizer, q, chat) for q in questions]
     tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.get_output_embeddings().weight.device)
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
     model.config.use_cache = True
     out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     model.config.use_cache = False

@@ -178,13 +178,13 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.setup.model.train()
-        ranks, part = self.ranks, self.ranks.slice(self.args.batch_size) if self.ranks.active else None
+        ranks, part = self.ranks, self.ranks.slice(self.args.batch_size)  # one rank: the whole batch
         total_loss, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         for j in range(self.args.grad_accum):
             batch = self.setup.stream.batch(self.step * self.args.grad_accum + j, part).to(self.setup.device)
             loss, count = causal_lm_loss(self.setup.model, batch)
-            # each rank's share of the global mean: summed over ranks, gradient and loss equal one process's
-            share = count / max(float(ranks.sum_(torch.tensor(float(count), dtype=torch.float64))), 1.0) if ranks.active else 1.0
+            # each rank's share of the global mean (1 for one process): summed over ranks, gradient and loss equal one process's
+            share = count / max(float(ranks.sum_(torch.tensor(float(count), dtype=torch.float64))), 1.0)
             (loss * share / self.args.grad_accum).backward()
             total_loss += float(loss.detach()) * share / self.args.grad_accum
             tokens += batch.num_tokens
