@@ -1,11 +1,12 @@
 """Training-step time and peak memory: xgblora (rank 1, k blocks) vs our `lora` preset vs PEFT LoRA, same run.
 
 Each method runs in its own fresh process (so peak RSS is its own) on the same model, batch and sequence
-length, back to back in one invocation. A step is forward + backward + AdamW on a fixed random batch whose
-every position carries a label. xgblora draws a new booster (new random blocks) for every step, so the median
-covers the spread of backward depths. PEFT (benchmark-only dependency) uses its standard HF loss.
+length, back to back in one invocation, in interleaved rounds (xgblora, lora, peft, xgblora, ...) so that a
+drift in background load hits every method alike. A step is forward + backward + AdamW on a fixed random batch
+whose every position carries a label. xgblora draws a new booster (new random blocks, seeded by the round) for
+every step, so the median covers the spread of backward depths. PEFT (benchmark-only dependency) uses its standard HF loss.
 
-    .venv/bin/python scripts/bench_speed.py [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 5] [--k 4]
+    .venv/bin/python scripts/bench_speed.py [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 5] [--rounds 2] [--k 4]
 
 Ends with ``step_time_ratio_vs_peft=X peak_mem_ratio_vs_peft=Y`` (xgblora over PEFT LoRA r=8 on all blocks).
 """
@@ -37,7 +38,24 @@ def batch(vocab: int, size: int, seq: int):
     return Batch(ids, torch.ones_like(ids), ids.clone())
 
 
-def engine_steps(model, model_dir, method: str, args, data) -> list[float]:
+PHASES = ("forward+loss", "backward", "optimizer")
+
+
+def timed_step(forward, optimizer) -> dict[str, float]:
+    """One training step, timed by phase. ``forward()`` returns the loss; for the engine it also forms the
+    hidden-state gradient of the output head (loss.py), which PEFT leaves to its backward."""
+    t0 = time.perf_counter()
+    loss = forward()
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
+    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)))
+
+
+def engine_steps(model, model_dir, method: str, args, data) -> list[dict[str, float]]:
     """xgblora or the lora preset, through the product's own engine and loss."""
     from xgblora_cli.boosting import BoostingEngine
     from xgblora_cli.loss import causal_lm_loss
@@ -49,22 +67,17 @@ def engine_steps(model, model_dir, method: str, args, data) -> list[float]:
     layers = len(find_blocks(model))
     rank, k = (1, args.k) if method == "xgblora" else (8, layers)
     plan = BoosterPlan(rank, 2.0 * rank, k, 1, args.steps, layers)
-    engine = BoostingEngine(model, plan, TARGETS, 0, MergedWeights(BaseWeights(model_dir)), args.checkpointing)
+    engine = BoostingEngine(model, plan, TARGETS, args.seed, MergedWeights(BaseWeights(model_dir)), args.checkpointing)
     times = []
     for step in range(args.steps):
         booster = engine.start(step)
         optimizer = make_optimizer(booster, TrainArgs())
-        started = time.perf_counter()
-        loss, _ = causal_lm_loss(model, data)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - started)
+        times.append(timed_step(lambda: causal_lm_loss(model, data)[0], optimizer))
         engine.discard(booster)
     return times
 
 
-def peft_steps(model, args, data) -> list[float]:
+def peft_steps(model, args, data) -> list[dict[str, float]]:
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0))
@@ -72,15 +85,8 @@ def peft_steps(model, args, data) -> list[float]:
         peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_model.enable_input_require_grads()
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
-    times = []
-    for _ in range(args.steps):
-        started = time.perf_counter()
-        out = peft_model(input_ids=data.input_ids, attention_mask=data.attention_mask, labels=data.labels)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - started)
-    return times
+    forward = lambda: peft_model(input_ids=data.input_ids, attention_mask=data.attention_mask, labels=data.labels).loss  # noqa: E731
+    return [timed_step(forward, optimizer) for _ in range(args.steps)]
 
 
 def run_one(method: str, args) -> dict:
@@ -92,8 +98,14 @@ def run_one(method: str, args) -> dict:
     data = batch(model.config.vocab_size, args.batch, args.seq)
     loaded = rss_mb()
     times = peft_steps(model, args, data) if method == "peft" else engine_steps(model, model_dir, method, args, data)
-    return {"method": method, "median_step_s": statistics.median(times[1:] or times), "peak_rss_mb": rss_mb(),
-            "rss_after_load_mb": loaded, "steps": len(times)}
+    timed = times[1:] or times  # the first step warms up allocator and kernels
+    return {"method": method, "steps": timed, "peak_rss_mb": rss_mb(), "rss_after_load_mb": loaded}
+
+
+def medians(steps: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds of the whole step and of each phase."""
+    out = {"step": statistics.median(sum(s.values()) for s in steps)}
+    return out | {phase: statistics.median(s[phase] for s in steps) for phase in PHASES}
 
 
 def main() -> None:
@@ -105,27 +117,38 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="xgblora blocks per booster")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing for all methods")
     parser.add_argument("--methods", default="xgblora,lora,peft")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh processes per method, interleaved; medians pool all")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return
-    rows = {}
-    for method in args.methods.split(","):
-        cmd = [sys.executable, __file__, "--one", method, "--model", args.model, "--batch", str(args.batch),
-               "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k)]
-        cmd += ["--checkpointing"] if args.checkpointing else []
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{method} failed:\n{out.stderr[-2000:]}")
-        rows[method] = json.loads(out.stdout.strip().splitlines()[-1])
-        r = rows[method]
-        print(f"{method:>8}: median step {r['median_step_s']:.2f} s   peak RSS {r['peak_rss_mb']:.0f} MB "
-              f"(after model load {r['rss_after_load_mb']:.0f} MB)", flush=True)
-    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} k={args.k} checkpointing={args.checkpointing}")
+    rows: dict[str, dict] = {}
+    for round_ in range(args.rounds):  # interleaved rounds, so a change in background load hits every method alike
+        for method in args.methods.split(","):
+            cmd = [sys.executable, __file__, "--one", method, "--model", args.model, "--batch", str(args.batch),
+                   "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--seed", str(round_)]
+            cmd += ["--checkpointing"] if args.checkpointing else []
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{method} failed:\n{out.stderr[-2000:]}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{method:>8} round {round_ + 1}: median step {medians(result['steps'])['step']:.2f} s   "
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB (after model load {result['rss_after_load_mb']:.0f} MB)", flush=True)
+            row = rows.setdefault(method, {"steps": [], "peak_rss_mb": 0.0})
+            row["steps"] += result["steps"]
+            row["peak_rss_mb"] = max(row["peak_rss_mb"], result["peak_rss_mb"])
+    for method, row in rows.items():
+        row |= medians(row["steps"])
+        phases = "  ".join(f"{phase} {row[phase]:.2f}" for phase in PHASES)
+        print(f"{method:>8}: median step {row['step']:.2f} s over {len(row['steps'])} steps ({phases})   "
+              f"peak RSS {row['peak_rss_mb']:.0f} MB")
+    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} k={args.k} "
+          f"checkpointing={args.checkpointing}")
     if "xgblora" in rows and "peft" in rows:
         x, p = rows["xgblora"], rows["peft"]
-        print(f"step_time_ratio_vs_peft={x['median_step_s'] / p['median_step_s']:.3f} "
+        print(f"step_time_ratio_vs_peft={x['step'] / p['step']:.3f} "
               f"peak_mem_ratio_vs_peft={x['peak_rss_mb'] / p['peak_rss_mb']:.3f}")
 
 

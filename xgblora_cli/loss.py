@@ -2,8 +2,8 @@
 
 The decoder's hidden states are gathered at the positions that carry a label; the output head and the
 cross-entropy then run over them in chunks inside one autograd function that also computes the gradient with
-respect to the hidden states as it goes. Peak memory is about two chunks of logits (``chunk x vocab`` fp32: the
-logits, turned into their own gradient in place, and ``logsumexp``'s temporary) instead of
+respect to the hidden states as it goes. Peak memory is about one chunk of logits (``chunk x vocab`` fp32: the
+logits, turned into softmax and then into their own gradient in place, with one ``exp`` pass) instead of
 ``batch x seq x vocab``, and the head's matmul is not recomputed in backward. The head itself is frozen
 (adapters never target it), so no gradient for its weight is formed.
 """
@@ -29,13 +29,16 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         for start in range(0, hidden.shape[0], CHUNK):
             h, y = hidden[start : start + CHUNK], targets[start : start + CHUNK]
             logits = (h @ weight.t()).float()  # (c, vocab): the one chunk-sized buffer, reused in place below
-            lse = torch.logsumexp(logits, dim=-1)  # (c,)
-            total += (lse - logits.gather(1, y.unsqueeze(1)).squeeze(1)).sum()
+            target = logits.gather(1, y.unsqueeze(1)).squeeze(1)  # (c,)
+            top = logits.amax(dim=-1, keepdim=True)  # (c, 1)
+            probs = logits.sub_(top).exp_()  # unnormalised softmax, in place: the only exp over the chunk
+            norm = probs.sum(dim=-1, keepdim=True)  # (c, 1)
+            total += (top.squeeze(1) + norm.log().squeeze(1) - target).sum()  # logsumexp - target logit
             if grad is not None:
-                probs = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in place
+                probs.mul_(norm.reciprocal())  # softmax
                 probs[torch.arange(y.shape[0]), y] -= 1.0  # d(sum CE)/d logits
                 grad[start : start + CHUNK] = (probs.to(weight.dtype) @ weight).to(hidden.dtype)
-            del logits
+            del logits, probs
         ctx.save_for_backward(grad if grad is not None else hidden.new_empty(0))
         return total
 

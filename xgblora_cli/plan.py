@@ -15,8 +15,8 @@ and nothing else. The estimate is for one training process (one data-parallel ra
   (LLaMA blocks, SDPA attention): a frozen block saves ``(8 + 2b) h + 3 b m + 2 b kv + 4 heads + 8`` bytes
   per token, an adapted one ``c h + 4 m + 28 r`` more (``c`` = 5 for fp32, 20.5 for 16-bit), where ``b`` is
   the dtype's bytes, ``kv`` the key/value width; plus a fitted ``8 h`` per adapted block (see below).
-- **loss**: one chunk of fp32 logits (1,024 rows x vocabulary) twice over (the logits, turned into their own
-  gradient in place, and ``logsumexp``'s temporary; half a chunk more for a 16-bit head), and the saved
+- **loss**: one chunk of fp32 logits (1,024 rows x vocabulary), turned into their own gradient in place
+  (half a chunk more for a 16-bit head's matmul output), and the saved
   gradient for the hidden states. Full logits are never formed (loss.py).
 - **transient**: the largest short-lived tensors of one block's backward (its MLP's gradients).
 - **runtime**: the framework itself (CUDA context and kernels on a GPU; on a CPU it is not counted, see the
@@ -113,7 +113,7 @@ def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device
         "adapters": trainable * 16,
         "record": record if on_device else 0,
         "activations": int(tokens * saved),
-        "loss": int((2 + (b < 4) / 2) * min(tokens, CHUNK) * s.vocab * 4 + tokens * s.hidden * (4 + b)),
+        "loss": int((1 + (b < 4) / 2) * min(tokens, CHUNK) * s.vocab * 4 + tokens * s.hidden * (4 + b)),
         "transient": int(tokens * (4 * s.intermediate + 4 * s.hidden) * max(b, 4)),
         "runtime": CUDA_RUNTIME if device.startswith("cuda") else 0,
     }
