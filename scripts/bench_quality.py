@@ -82,14 +82,21 @@ def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int) -> list
     return tasks
 
 
-def train_run(args: argparse.Namespace, method: str, lr: float, seed: int) -> dict:
-    """Train (or reuse) one run; returns its directory, wall time and trainable parameters."""
-    out = args.work / f"{method}_lr{lr:g}_s{seed}"
+def train_run(args: argparse.Namespace, method: str, lr: float, seed: int, extra: dict | None = None) -> dict:
+    """Train (or reuse) one run; returns its directory, wall time and trainable parameters.
+
+    ``extra`` adds recipe keys (``train.``-prefixed for the train block); they are part of the run's name.
+    """
+    tag = "".join(f"_{key.removeprefix('train.')}{value}" for key, value in (extra or {}).items())
+    out = args.work / f"{method}_lr{lr:g}_s{seed}{tag}"
     recipe = {
         "model": args.model, "dataset": str(args.work / "train.jsonl"), "output_dir": str(out), "method": method,
         "seed": seed, "train": {"max_steps": args.steps, "batch_size": args.batch, "learning_rate": lr,
                                 "warmup_steps": max(1, args.steps // 10), "max_seq_len": args.seq, "checkpoint_every": 20},
     }
+    for key, value in (extra or {}).items():
+        section, _, name = key.rpartition(".")
+        (recipe[section] if section else recipe)[name] = value
     info_file = out / "run.json"
     done = info_file.is_file() and json.loads(info_file.read_text()).get("status") == "complete"
     timing = out / "bench_wall_s.txt"
@@ -142,14 +149,15 @@ def table(rows: dict[str, dict], tasks: list[str], scoring: str) -> str:
     return "\n".join(lines)
 
 
-def write_doc(doc: Path, body: str) -> None:
-    text = doc.read_text() if doc.is_file() else f"# Benchmarks\n\n{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    before, rest = text.split(START, 1)
-    after = rest.split(END, 1)[1]
+def write_doc(doc: Path, body: str, start: str = START, end: str = END) -> None:
+    """Replace what lies between the ``start`` and ``end`` markers of ``doc`` (appended when missing)."""
+    text = doc.read_text() if doc.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
     doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(f"{before}{START}\n{body}\n{END}{after}")
+    doc.write_text(f"{before}{start}\n{body}\n{end}{after}")
 
 
 def main() -> None:

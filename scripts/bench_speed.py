@@ -71,7 +71,7 @@ def engine_steps(model, model_dir, method: str, args, data) -> list[dict[str, fl
     times = []
     for step in range(args.steps):
         booster = engine.start(step)
-        optimizer = make_optimizer(booster, TrainArgs())
+        optimizer = make_optimizer(booster, TrainArgs(learning_rate=1e-4))
         times.append(timed_step(lambda: causal_lm_loss(model, data)[0], optimizer))
         engine.discard(booster)
     return times

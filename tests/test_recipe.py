@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from xgblora_cli.errors import UserError
-from xgblora_cli.recipe import Recipe, TrainArgs, load_recipe, recipe_from_dict, resolve_plan
+from xgblora_cli.recipe import PRESETS, Recipe, TrainArgs, load_recipe, recipe_from_dict, resolve_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -16,6 +16,15 @@ BASE = {"model": "m", "dataset": "d.json", "output_dir": "runs/x"}
 
 def make(**fields) -> Recipe:
     return recipe_from_dict({**BASE, **fields}, "r.yaml")
+
+
+def test_learning_rate_defaults_to_the_method_preset_unless_set() -> None:
+    rates = {method: make(method=method).train.learning_rate for method in PRESETS}
+    assert rates == {method: preset.learning_rate for method, preset in PRESETS.items()}
+    assert rates["xgblora"] > rates["lora"]  # short-lived boosters take a larger rate (docs/benchmarks.md)
+    assert make(method="xgblora", train={"learning_rate": 3e-4}).train.learning_rate == pytest.approx(3e-4)
+    overridden = recipe_from_dict(BASE, "r.yaml", ["method=lora"])
+    assert overridden.train.learning_rate == PRESETS["lora"].learning_rate
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])

@@ -34,21 +34,26 @@ DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 @dataclass(frozen=True)
 class Preset:
-    """Defaults of one method. Exactly one of ``steps_per_booster`` / ``boosters`` is set."""
+    """Defaults of one method. Exactly one of ``steps_per_booster`` / ``boosters`` is set.
+
+    ``learning_rate`` is the method's default ``train.learning_rate``: boosters that live ten steps need a far
+    larger rate than one adapter trained for the whole run (measured in docs/benchmarks.md).
+    """
 
     rank: int
     layers_per_booster: int | str
+    learning_rate: float
     steps_per_booster: int | None = None
     boosters: int | None = None
 
 
 PRESETS: dict[str, Preset] = {
     # Rank-1 boosters on a few random blocks, merged often (the paper's method).
-    "xgblora": Preset(rank=1, layers_per_booster=4, steps_per_booster=10),
+    "xgblora": Preset(rank=1, layers_per_booster=4, learning_rate=1e-2, steps_per_booster=10),
     # Chain of LoRA: a few long rank-8 boosters over every block.
-    "cola": Preset(rank=8, layers_per_booster="all", boosters=3),
+    "cola": Preset(rank=8, layers_per_booster="all", learning_rate=1e-3, boosters=3),
     # Plain LoRA: one booster over every block for the whole run, merged at export.
-    "lora": Preset(rank=8, layers_per_booster="all", boosters=1),
+    "lora": Preset(rank=8, layers_per_booster="all", learning_rate=1e-3, boosters=1),
 }
 
 
@@ -73,7 +78,7 @@ class TrainArgs:
     max_steps: int = 100
     batch_size: int = 4
     grad_accum: int = 1
-    learning_rate: float = 5e-4
+    learning_rate: float | None = None  # None: the method preset's rate (filled in by Recipe)
     warmup_steps: int = 0
     rewarmup_steps: int = 0
     min_lr_ratio: float = 0.1
@@ -90,7 +95,7 @@ class TrainArgs:
             _require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_steps", "rewarmup_steps"):
             _require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
-        _require(self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
+        _require(self.learning_rate is None or self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
@@ -159,6 +164,8 @@ class Recipe:
         _require(bool(DEVICE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
+        if self.train.learning_rate is None:
+            self.train.learning_rate = PRESETS[self.method].learning_rate
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,68 @@
+"""Which k, kappa and re-warmup for xgblora: one change at a time around the preset, judged by validation loss.
+
+Uses the training mix and validation split of ``bench_quality.py`` (same ``--work`` folder, same budget flags,
+so its runs are reused) at one learning rate (``--lr``, the one ``bench_quality.py`` chose for xgblora). The
+preset itself is trained with two seeds so the table shows how much validation loss moves by seed alone.
+Writes a table between the bench_ablation markers of ``docs/benchmarks.md``. Test sets are never touched.
+
+    .venv/bin/python scripts/bench_ablation.py --lr 3e-3 [--steps 80] [--batch 4] [--seq 192]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from bench_quality import ROOT, cut_splits, train_run, val_loss, write_doc
+
+from xgblora_cli.recipe import PRESETS
+
+START, END = "<!-- bench_ablation:start -->", "<!-- bench_ablation:end -->"
+# (what the table calls it, recipe key, values tried besides the preset's)
+CHANGES = [("blocks per booster k", "layers_per_booster", [2, 8]),
+           ("steps per booster kappa", "steps_per_booster", [5, 20]),
+           ("re-warmup steps per booster", "train.rewarmup_steps", [2])]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--lr", type=float, required=True, help="xgblora learning rate (bench_quality.py's choice)")
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "commonsense")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=192)
+    p.add_argument("--train-per-task", type=int, default=400)
+    p.add_argument("--val-per-task", type=int, default=40)
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
+    preset = PRESETS["xgblora"]
+    rows = []
+    for seed in (0, 1):
+        run = train_run(args, "xgblora", args.lr, seed)
+        rows.append((f"preset (k={preset.layers_per_booster}, kappa={preset.steps_per_booster}, re-warmup 0), seed {seed}",
+                     val_loss(args, run["dir"]), run["wall_s"]))
+    reference = rows[0][1]
+    for label, key, values in CHANGES:
+        for value in values:
+            run = train_run(args, "xgblora", args.lr, 0, {key: value})
+            rows.append((f"{label} = {value}", val_loss(args, run["dir"]), run["wall_s"]))
+    lines = ["| xgblora, seed 0 unless said | validation loss | vs preset seed 0 | train wall (s) |", "|---|---|---|---|"]
+    lines += [f"| {name} | {loss:.3f} | {loss - reference:+.3f} | {wall:.0f} |" for name, loss, wall in rows]
+    command = "python scripts/bench_ablation.py " + shlex.join(sys.argv[1:])
+    body = (f"Command: `{command.strip()}`; budget {args.steps} steps x batch {args.batch} x at most {args.seq} tokens, "
+            f"learning rate {args.lr:g}, validation loss (mean token NLL) on the validation split.\n\n" + "\n".join(lines))
+    write_doc(args.doc, body, START, END)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
