@@ -28,9 +28,11 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt peft
 	$(PY) scripts/bench_speed.py --batch 4 --seq 128 --steps 4
 
-# accuracy under one budget on ../shared/data/commonsense (about 2-3 hours on 2 cores; resumable)
+# accuracy under one budget on ../shared/data/commonsense, then xgblora's k / kappa / re-warmup around the
+# preset (about 3 hours on 2 cores; resumable: finished runs in runs/bench_quality are reused)
 bench-quality: $(STAMP)
 	$(PY) scripts/bench_quality.py
+	$(PY) scripts/bench_ablation.py --lr 1e-2
 
 # xgblora plan against measured peak memory of CPU runs (about 10 minutes)
 plan-check: $(STAMP)

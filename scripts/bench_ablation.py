@@ -1,11 +1,11 @@
 """Which k, kappa and re-warmup for xgblora: one change at a time around the preset, judged by validation loss.
 
 Uses the training mix and validation split of ``bench_quality.py`` (same ``--work`` folder, same budget flags,
-so its runs are reused) at one learning rate (``--lr``, the one ``bench_quality.py`` chose for xgblora). The
-preset itself is trained with two seeds so the table shows how much validation loss moves by seed alone.
+so its runs are reused) at one learning rate (``--lr``: the preset's default, from ``bench_quality.py``'s
+grid). The preset itself is trained with two seeds so the table shows how much validation loss moves by seed alone.
 Writes a table between the bench_ablation markers of ``docs/benchmarks.md``. Test sets are never touched.
 
-    .venv/bin/python scripts/bench_ablation.py --lr 3e-3 [--steps 80] [--batch 4] [--seq 192]
+    .venv/bin/python scripts/bench_ablation.py --lr 1e-2 [--steps 80] [--batch 4] [--seq 192]
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from pathlib import Path
 
-from bench_quality import ROOT, cut_splits, train_run, val_loss, write_doc
+from bench_quality import add_budget_args, cut_splits, train_run, val_loss, write_doc
 
 from xgblora_cli.recipe import PRESETS
 
@@ -28,16 +27,8 @@ CHANGES = [("blocks per booster k", "layers_per_booster", [2, 8]),
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--lr", type=float, required=True, help="xgblora learning rate (bench_quality.py's choice)")
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "commonsense")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
-    p.add_argument("--steps", type=int, default=80)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=192)
-    p.add_argument("--train-per-task", type=int, default=400)
-    p.add_argument("--val-per-task", type=int, default=40)
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--lr", type=float, required=True, help="the xgblora learning rate to vary the rest around")
+    add_budget_args(p)
     return p.parse_args()
 
 

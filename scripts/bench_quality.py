@@ -32,26 +32,31 @@ import yaml
 from xgblora_cli.tasks.commonsense import FOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_LRS = {"xgblora": [1e-3, 3e-3], "cola": [3e-4, 1e-3], "lora": [3e-4, 1e-3]}
+DEFAULT_LRS = {"xgblora": [1e-3, 3e-3, 1e-2, 3e-2], "cola": [3e-4, 1e-3, 3e-3], "lora": [3e-4, 1e-3, 3e-3]}
 START, END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
+
+
+def add_budget_args(p: argparse.ArgumentParser) -> None:
+    """The model, data, work folder, budget and output flags this script shares with bench_ablation.py."""
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "commonsense")
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    p.add_argument("--steps", type=int, default=80, help="optimizer steps per run (the budget)")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=192)
+    p.add_argument("--train-per-task", type=int, default=400)
+    p.add_argument("--val-per-task", type=int, default=40)
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "commonsense")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    add_budget_args(p)
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_LRS))
     p.add_argument("--lrs", nargs="*", default=[], metavar="METHOD=LR,LR", help="override a method's grid")
-    p.add_argument("--steps", type=int, default=80, help="optimizer steps per run (the budget)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=192)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--train-per-task", type=int, default=400)
-    p.add_argument("--val-per-task", type=int, default=40)
     p.add_argument("--limit", type=int, default=100, help="test questions per task (seeded subset)")
     p.add_argument("--scoring", nargs="+", default=["loglik", "label"], help="xgblora eval --scoring modes to report")
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     return p.parse_args()
 
 
