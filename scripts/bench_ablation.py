@@ -1,8 +1,9 @@
-"""Which k, kappa and re-warmup for xgblora: one change at a time around the preset, judged by validation loss.
+"""Which k, kappa and re-warmup for xgblora: one change at a time around the preset, judged on the validation split.
 
 Uses the training mix and validation split of ``bench_quality.py`` (same ``--work`` folder, same budget flags,
 so its runs are reused) at one learning rate (``--lr``: the preset's default, from ``bench_quality.py``'s
-grid). The preset itself is trained with two seeds so the table shows how much validation loss moves by seed alone.
+grid). The preset itself is trained with two seeds so the table shows how much the validation numbers move by seed alone.
+Validation accuracy (loglik, held-out training questions) is the judge, validation loss is shown beside it.
 Writes a table between the bench_ablation markers of ``docs/benchmarks.md``. Test sets are never touched.
 
     .venv/bin/python scripts/bench_ablation.py --lr 1e-2 [--steps 80] [--batch 4] [--seq 192]
@@ -14,7 +15,7 @@ import argparse
 import shlex
 import sys
 
-from bench_quality import add_budget_args, cut_splits, train_run, val_loss, write_doc
+from bench_quality import add_budget_args, cut_splits, train_run, val_accuracy, val_loss, write_doc
 
 from xgblora_cli.recipe import PRESETS
 
@@ -34,23 +35,26 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
+    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
     preset = PRESETS["xgblora"]
     rows = []
     for seed in (0, 1):
         run = train_run(args, "xgblora", args.lr, seed)
         rows.append((f"preset (k={preset.layers_per_booster}, kappa={preset.steps_per_booster}, re-warmup 0), seed {seed}",
-                     val_loss(args, run["dir"]), run["wall_s"]))
-    reference = rows[0][1]
+                     val_accuracy(args, run["dir"], tasks), val_loss(args, run["dir"]), run["wall_s"]))
+    reference = rows[0][1:3]
     for label, key, values in CHANGES:
         for value in values:
             run = train_run(args, "xgblora", args.lr, 0, {key: value})
-            rows.append((f"{label} = {value}", val_loss(args, run["dir"]), run["wall_s"]))
-    lines = ["| xgblora, seed 0 unless said | validation loss | vs preset seed 0 | train wall (s) |", "|---|---|---|---|"]
-    lines += [f"| {name} | {loss:.3f} | {loss - reference:+.3f} | {wall:.0f} |" for name, loss, wall in rows]
+            rows.append((f"{label} = {value}", val_accuracy(args, run["dir"], tasks), val_loss(args, run["dir"]), run["wall_s"]))
+    lines = ["| xgblora, seed 0 unless said | val accuracy % (vs preset seed 0) | val loss (vs preset seed 0) | train wall (s) |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {acc:.1f} ({acc - reference[0]:+.1f}) | {loss:.3f} ({loss - reference[1]:+.3f}) | {wall:.0f} |"
+              for name, acc, loss, wall in rows]
     command = "python scripts/bench_ablation.py " + shlex.join(sys.argv[1:])
     body = (f"Command: `{command.strip()}`; budget {args.steps} steps x batch {args.batch} x at most {args.seq} tokens, "
-            f"learning rate {args.lr:g}, validation loss (mean token NLL) on the validation split.\n\n" + "\n".join(lines))
+            f"learning rate {args.lr:g}; validation accuracy (loglik, mean over tasks) and loss (mean token NLL) on the "
+            f"validation split ({args.val_per_task} held-out training questions per task).\n\n" + "\n".join(lines))
     write_doc(args.doc, body, START, END)
     print(body)
 

@@ -3,8 +3,11 @@
 Protocol (every step goes through the `xgblora` command line, like a user would):
   1. Cut a training mix and a validation split from the *training* files of every commonsense task found
      under ``--data`` (default ``../shared/data/commonsense``); the test files are never used for choices.
-  2. For each method, train with every learning rate of its grid (seed 0) and keep the one with the lowest
-     validation loss (``xgblora eval RUN --task perplexity --data val.jsonl``).
+  2. For each method, train with every learning rate of its grid (seed 0) and keep the one with the highest
+     validation accuracy (``xgblora eval RUN --task T --data val_tasks`` on the held-out training questions,
+     loglik scoring, mean over tasks; ties go to the lower validation loss, which is reported too). Validation
+     loss alone is not used: it measures the answer format, and a rate can lower it while the model forgets
+     how to judge the options' text (seen here: xgblora at 3e-2).
   3. Train the chosen learning rate with the other seeds (seed 0 is reused from step 2).
   4. Score the base model and every final run on the test files (``xgblora eval --limit N``, loglik scoring).
   5. Write the table between the bench_quality markers of ``docs/benchmarks.md`` and a loss-curve comparison
@@ -69,6 +72,7 @@ def cli(*args: str) -> None:
 def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int) -> list[str]:
     """train.jsonl / val.jsonl in ``work`` from each task's training file; returns the tasks found."""
     tasks, train, val = [], [], []
+    work.mkdir(parents=True, exist_ok=True)
     for task, folder in FOLDERS.items():
         source = data / folder / "train.json"
         if not source.is_file():
@@ -80,8 +84,10 @@ def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int) -> list
         tasks.append(task)
     if not tasks:
         sys.exit(f"--data {data}: no <task>/train.json in the LLM-Adapters layout")
+        by_task = work / "val_tasks" / folder  # the same validation records, per task, in the test-file layout
+        by_task.mkdir(parents=True, exist_ok=True)
+        (by_task / "test.json").write_text(json.dumps(records[:val_per_task]))
     random.Random(1234).shuffle(train)
-    work.mkdir(parents=True, exist_ok=True)
     for name, rows in (("train.jsonl", train), ("val.jsonl", val)):
         (work / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return tasks
@@ -124,6 +130,23 @@ def val_loss(args: argparse.Namespace, run: Path) -> float:
     return json.loads(result.read_text())["tasks"]["perplexity"]["mean_nll"]
 
 
+def val_accuracy(args: argparse.Namespace, run: Path, tasks: list[str]) -> float:
+    """Mean accuracy (%) over tasks on the validation questions (loglik scoring)."""
+    result = run / "val_accuracy.json"
+    if not result.is_file():
+        task_flags = [flag for task in tasks for flag in ("--task", task)]
+        cli("eval", str(run), *task_flags, "--data", str(args.work / "val_tasks"), "--scoring", "loglik", "--output", str(result))
+    return statistics.mean(100 * r["accuracy"] for r in json.loads(result.read_text())["tasks"].values())
+
+
+def choose(args: argparse.Namespace, runs: dict[float, dict], tasks: list[str]) -> tuple[float, str]:
+    """The learning rate with the best validation accuracy (then loss), and a text of every rate's numbers."""
+    scores = {lr: (val_accuracy(args, run["dir"], tasks), val_loss(args, run["dir"])) for lr, run in runs.items()}
+    best = max(scores, key=lambda lr: (scores[lr][0], -scores[lr][1]))
+    print(f"validation (accuracy %, loss) by lr {scores} -> {best:g}", flush=True)
+    return best, ", ".join(f"{lr:g}: {acc:.1f}% / {loss:.3f}" for lr, (acc, loss) in scores.items())
+
+
 def test_scores(args: argparse.Namespace, target: str, tasks: list[str], folder: Path) -> dict[str, dict[str, float]]:
     """Test accuracy (%) by scoring mode and task."""
     scores = {}
@@ -144,7 +167,7 @@ def spread(values: list[float]) -> str:
 
 
 def table(rows: dict[str, dict], tasks: list[str], scoring: str) -> str:
-    head = "| model | lr (val loss) | " + " | ".join(tasks) + " | avg | train wall (s) | trainable params |"
+    head = "| model | lr (val accuracy / val loss) | " + " | ".join(tasks) + " | avg | train wall (s) | trainable params |"
     lines = [head, "|" + "---|" * (len(tasks) + 5)]
     for name, row in rows.items():
         runs = [scores[scoring] for scores in row["scores"]]
@@ -178,13 +201,10 @@ def main() -> None:
     chosen_runs = []
     for method in args.methods:
         tried = {lr: train_run(args, method, lr, args.seeds[0]) for lr in grids[method]}
-        losses = {lr: val_loss(args, run["dir"]) for lr, run in tried.items()}
-        best = min(losses, key=losses.get)
-        print(f"{method}: validation loss by lr {losses} -> {best:g}", flush=True)
+        best, val_text = choose(args, tried, tasks)
         runs = [tried[best]] + [train_run(args, method, best, seed) for seed in args.seeds[1:]]
         chosen_runs.append(runs[0]["dir"])
         scores = [test_scores(args, str(r["dir"]), tasks, r["dir"]) for r in runs]
-        val_text = ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss in losses.items())
         plan = runs[0]["plan"]
         rows[f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"] = {
             "lr": f"**{best:g}** ({val_text})", "scores": scores,
@@ -193,12 +213,14 @@ def main() -> None:
     plot = args.doc.parent / "bench_quality_loss.png"
     cli("report", *map(str, chosen_runs), "--out", str(plot))
     command = "python scripts/bench_quality.py " + shlex.join(sys.argv[1:])
-    body = (f"Command: `{command.strip()}` (total {time.perf_counter() - started:.0f} s on this machine, "
-            f"runs reused: see `{args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work}`)\n\n"
+    where = args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work
+    body = (f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s for this invocation; finished runs "
+            f"in `{where}` are reused; train wall is each run's own time, taken under varying load: not a speed comparison)\n\n"
             f"Budget: {args.steps} optimizer steps x batch {args.batch} x at most {args.seq} tokens, "
             f"{args.train_per_task} training and {args.val_per_task} validation records per task from the training files; "
             f"seeds {' '.join(map(str, args.seeds))}; test accuracy (%) on a seeded subset of {args.limit} "
-            f"questions per test file, mean ± standard deviation over seeds.\n\n"
+            f"questions per test file, mean ± standard deviation over seeds. Learning rate per method: the best "
+            f"validation accuracy (loglik, {args.val_per_task} held-out training questions per task) over the grid.\n\n"
             + "".join(f"Scoring `{s}`:\n\n{table(rows, tasks, s)}\n\n" for s in args.scoring)
             + f"![training loss of the seed-{args.seeds[0]} runs]({plot.name})")
     write_doc(args.doc, body)
