@@ -82,11 +82,11 @@ def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int) -> list
         val += records[:val_per_task]
         train += records[val_per_task : val_per_task + per_task]
         tasks.append(task)
-    if not tasks:
-        sys.exit(f"--data {data}: no <task>/train.json in the LLM-Adapters layout")
         by_task = work / "val_tasks" / folder  # the same validation records, per task, in the test-file layout
         by_task.mkdir(parents=True, exist_ok=True)
         (by_task / "test.json").write_text(json.dumps(records[:val_per_task]))
+    if not tasks:
+        sys.exit(f"--data {data}: no <task>/train.json in the LLM-Adapters layout")
     random.Random(1234).shuffle(train)
     for name, rows in (("train.jsonl", train), ("val.jsonl", val)):
         (work / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
