@@ -3,7 +3,7 @@
 Uses the training mix and validation split of ``bench_quality.py`` (same ``--work`` folder, same budget flags,
 so its runs are reused) at one learning rate (``--lr``: the preset's default, from ``bench_quality.py``'s
 grid). The preset itself is trained with two seeds so the table shows how much the validation numbers move by seed alone.
-Validation accuracy (loglik, held-out training questions) is the judge, validation loss is shown beside it.
+Validation accuracy (label scoring, held-out training questions) is the judge, validation loss is shown beside it.
 Writes a table between the bench_ablation markers of ``docs/benchmarks.md``. Test sets are never touched.
 
     .venv/bin/python scripts/bench_ablation.py --lr 1e-2 [--steps 80] [--batch 4] [--seq 192]
@@ -15,7 +15,7 @@ import argparse
 import shlex
 import sys
 
-from bench_quality import add_budget_args, cut_splits, train_run, val_accuracy, val_loss, write_doc
+from bench_quality import add_budget_args, cut_splits, train_run, validate, write_doc
 
 from xgblora_cli.recipe import PRESETS
 
@@ -41,19 +41,19 @@ def main() -> None:
     for seed in (0, 1):
         run = train_run(args, "xgblora", args.lr, seed)
         rows.append((f"preset (k={preset.layers_per_booster}, kappa={preset.steps_per_booster}, re-warmup 0), seed {seed}",
-                     val_accuracy(args, run["dir"], tasks), val_loss(args, run["dir"]), run["wall_s"]))
+                     *validate(args, run["dir"], tasks), run["wall_s"]))
     reference = rows[0][1:3]
     for label, key, values in CHANGES:
         for value in values:
             run = train_run(args, "xgblora", args.lr, 0, {key: value})
-            rows.append((f"{label} = {value}", val_accuracy(args, run["dir"], tasks), val_loss(args, run["dir"]), run["wall_s"]))
+            rows.append((f"{label} = {value}", *validate(args, run["dir"], tasks), run["wall_s"]))
     lines = ["| xgblora, seed 0 unless said | val accuracy % (vs preset seed 0) | val loss (vs preset seed 0) | train wall (s) |",
              "|---|---|---|---|"]
     lines += [f"| {name} | {acc:.1f} ({acc - reference[0]:+.1f}) | {loss:.3f} ({loss - reference[1]:+.3f}) | {wall:.0f} |"
               for name, acc, loss, wall in rows]
     command = "python scripts/bench_ablation.py " + shlex.join(sys.argv[1:])
     body = (f"Command: `{command.strip()}`; budget {args.steps} steps x batch {args.batch} x at most {args.seq} tokens, "
-            f"learning rate {args.lr:g}; validation accuracy (loglik, mean over tasks) and loss (mean token NLL) on the "
+            f"learning rate {args.lr:g}; validation accuracy (label scoring, mean over tasks) and loss (mean token NLL) on the "
             f"validation split ({args.val_per_task} held-out training questions per task).\n\n" + "\n".join(lines))
     write_doc(args.doc, body, START, END)
     print(body)

@@ -4,10 +4,10 @@ Protocol (every step goes through the `xgblora` command line, like a user would)
   1. Cut a training mix and a validation split from the *training* files of every commonsense task found
      under ``--data`` (default ``../shared/data/commonsense``); the test files are never used for choices.
   2. For each method, train with every learning rate of its grid (seed 0) and keep the one with the highest
-     validation accuracy (``xgblora eval RUN --task T --data val_tasks`` on the held-out training questions,
-     loglik scoring, mean over tasks; ties go to the lower validation loss, which is reported too). Validation
-     loss alone is not used: it measures the answer format, and a rate can lower it while the model forgets
-     how to judge the options' text (seen here: xgblora at 3e-2).
+     validation accuracy (``xgblora eval RUN --task T --data val_tasks --scoring label`` on the held-out
+     training questions, mean over tasks; ties go to the lower validation loss, which is reported too).
+     Validation loss alone is not used: it is mostly the answer format, and a rate can lower it while the
+     answers get worse (seen here: xgblora at 3e-2).
   3. Train the chosen learning rate with the other seeds (seed 0 is reused from step 2).
   4. Score the base model and every final run on the test files (``xgblora eval --limit N``, loglik scoring).
   5. Write the table between the bench_quality markers of ``docs/benchmarks.md`` and a loss-curve comparison
@@ -130,18 +130,24 @@ def val_loss(args: argparse.Namespace, run: Path) -> float:
     return json.loads(result.read_text())["tasks"]["perplexity"]["mean_nll"]
 
 
-def val_accuracy(args: argparse.Namespace, run: Path, tasks: list[str]) -> float:
-    """Mean accuracy (%) over tasks on the validation questions (loglik scoring)."""
-    result = run / "val_accuracy.json"
+def val_accuracy(args: argparse.Namespace, target: str, folder: Path, tasks: list[str]) -> float:
+    """Mean accuracy (%) over tasks on the validation questions, ``label`` scoring: the answer in the format
+    the fine-tune is trained on (the LLM-Adapters protocol's target), so it measures what training teaches."""
+    result = folder / "val_label.json"
     if not result.is_file():
         task_flags = [flag for task in tasks for flag in ("--task", task)]
-        cli("eval", str(run), *task_flags, "--data", str(args.work / "val_tasks"), "--scoring", "loglik", "--output", str(result))
+        cli("eval", target, *task_flags, "--data", str(args.work / "val_tasks"), "--scoring", "label", "--output", str(result))
     return statistics.mean(100 * r["accuracy"] for r in json.loads(result.read_text())["tasks"].values())
+
+
+def validate(args: argparse.Namespace, run: Path, tasks: list[str]) -> tuple[float, float]:
+    """(validation accuracy %, validation loss) of one run."""
+    return val_accuracy(args, str(run), run, tasks), val_loss(args, run)
 
 
 def choose(args: argparse.Namespace, runs: dict[float, dict], tasks: list[str]) -> tuple[float, str]:
     """The learning rate with the best validation accuracy (then loss), and a text of every rate's numbers."""
-    scores = {lr: (val_accuracy(args, run["dir"], tasks), val_loss(args, run["dir"])) for lr, run in runs.items()}
+    scores = {lr: validate(args, run["dir"], tasks) for lr, run in runs.items()}
     best = max(scores, key=lambda lr: (scores[lr][0], -scores[lr][1]))
     print(f"validation (accuracy %, loss) by lr {scores} -> {best:g}", flush=True)
     return best, ", ".join(f"{lr:g}: {acc:.1f}% / {loss:.3f}" for lr, (acc, loss) in scores.items())
@@ -196,7 +202,8 @@ def main() -> None:
         grids[method] = [float(v) for v in values.split(",")]
     started = time.perf_counter()
     tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
-    rows: dict[str, dict] = {"base (untouched)": {"lr": "-", "wall": "-", "params": "0",
+    base_val = val_accuracy(args, args.model, args.work / "base", tasks)
+    rows: dict[str, dict] = {"base (untouched)": {"lr": f"- ({base_val:.1f}% / -)", "wall": "-", "params": "0",
                                                  "scores": [test_scores(args, args.model, tasks, args.work / "base")]}}
     chosen_runs = []
     for method in args.methods:
@@ -220,7 +227,7 @@ def main() -> None:
             f"{args.train_per_task} training and {args.val_per_task} validation records per task from the training files; "
             f"seeds {' '.join(map(str, args.seeds))}; test accuracy (%) on a seeded subset of {args.limit} "
             f"questions per test file, mean ± standard deviation over seeds. Learning rate per method: the best "
-            f"validation accuracy (loglik, {args.val_per_task} held-out training questions per task) over the grid.\n\n"
+            f"validation accuracy (label scoring, {args.val_per_task} held-out training questions per task) over the grid.\n\n"
             + "".join(f"Scoring `{s}`:\n\n{table(rows, tasks, s)}\n\n" for s in args.scoring)
             + f"![training loss of the seed-{args.seeds[0]} runs]({plot.name})")
     write_doc(args.doc, body)
