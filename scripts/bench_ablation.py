@@ -20,10 +20,12 @@ from bench_quality import add_budget_args, cut_splits, train_run, validate, writ
 from xgblora_cli.recipe import PRESETS
 
 START, END = "<!-- bench_ablation:start -->", "<!-- bench_ablation:end -->"
-# (what the table calls it, recipe key, values tried besides the preset's)
-CHANGES = [("blocks per booster k", "layers_per_booster", [2, 8]),
-           ("steps per booster kappa", "steps_per_booster", [5, 20]),
-           ("re-warmup steps per booster", "train.rewarmup_steps", [2])]
+# (what the table calls it, recipe key, a value other than the preset's), cheapest and most telling first
+CHANGES = [("steps per booster kappa", "steps_per_booster", 5),
+           ("blocks per booster k", "layers_per_booster", 2),
+           ("re-warmup steps per booster", "train.rewarmup_steps", 2),
+           ("steps per booster kappa", "steps_per_booster", 20),
+           ("blocks per booster k", "layers_per_booster", 8)]
 
 
 def parse_args() -> argparse.Namespace:
@@ -33,30 +35,34 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def main() -> None:
-    args = parse_args()
-    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
-    preset = PRESETS["xgblora"]
-    rows = []
-    for seed in (0, 1):
-        run = train_run(args, "xgblora", args.lr, seed)
-        rows.append((f"preset (k={preset.layers_per_booster}, kappa={preset.steps_per_booster}, re-warmup 0), seed {seed}",
-                     *validate(args, run["dir"], tasks), run["wall_s"]))
+def write_table(args: argparse.Namespace, rows: list[tuple], pending: list[str]) -> None:
+    """The table so far (rows: name, val accuracy, val loss, wall), and the variants not run yet."""
     reference = rows[0][1:3]
-    for label, key, values in CHANGES:
-        for value in values:
-            run = train_run(args, "xgblora", args.lr, 0, {key: value})
-            rows.append((f"{label} = {value}", *validate(args, run["dir"], tasks), run["wall_s"]))
     lines = ["| xgblora, seed 0 unless said | val accuracy % (vs preset seed 0) | val loss (vs preset seed 0) | train wall (s) |",
              "|---|---|---|---|"]
     lines += [f"| {name} | {acc:.1f} ({acc - reference[0]:+.1f}) | {loss:.3f} ({loss - reference[1]:+.3f}) | {wall:.0f} |"
               for name, acc, loss, wall in rows]
+    lines += [f"| {name} | not run yet | | |" for name in pending]
     command = "python scripts/bench_ablation.py " + shlex.join(sys.argv[1:])
     body = (f"Command: `{command.strip()}`; budget {args.steps} steps x batch {args.batch} x at most {args.seq} tokens, "
-            f"learning rate {args.lr:g}; validation accuracy (label scoring, mean over tasks) and loss (mean token NLL) on the "
-            f"validation split ({args.val_per_task} held-out training questions per task).\n\n" + "\n".join(lines))
+            f"learning rate {args.lr:g}; validation accuracy (label scoring, mean over tasks) and loss (mean token NLL) "
+            f"on the validation split ({args.val_per_task} held-out training questions per task).\n\n" + "\n".join(lines))
     write_doc(args.doc, body, START, END)
-    print(body)
+    print(body, flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
+    preset = PRESETS["xgblora"]
+    variants = [(f"preset (k={preset.layers_per_booster}, kappa={preset.steps_per_booster}, re-warmup 0), seed {seed}", seed, {})
+                for seed in (0, 1)]
+    variants += [(f"{label} = {value}", 0, {key: value}) for label, key, value in CHANGES]
+    rows: list[tuple] = []
+    for i, (name, seed, extra) in enumerate(variants):  # the table is rewritten after every run
+        run = train_run(args, "xgblora", args.lr, seed, extra)
+        rows.append((name, *validate(args, run["dir"], tasks), run["wall_s"]))
+        write_table(args, rows, [name for name, _, _ in variants[i + 1 :]])
 
 
 if __name__ == "__main__":
