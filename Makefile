@@ -26,6 +26,7 @@ quickstart: $(STAMP)
 # PEFT is a benchmark-only dependency: installed here, never by `make install`.
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt peft
+	$(PY) scripts/bench_loss.py
 	$(PY) scripts/bench_speed.py --batch 4 --seq 128 --steps 4
 
 # accuracy under one budget on ../shared/data/commonsense, then xgblora's k / kappa / re-warmup around the
