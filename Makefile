@@ -33,7 +33,7 @@ bench: $(STAMP)
 # preset (about 3 hours on 2 cores; resumable: finished runs in runs/bench_quality are reused)
 bench-quality: $(STAMP)
 	$(PY) scripts/bench_quality.py
-	$(PY) scripts/bench_ablation.py --lr 1e-2
+	$(PY) scripts/bench_ablation.py --lr 3e-3
 
 # xgblora plan against measured peak memory of CPU runs (about 10 minutes)
 plan-check: $(STAMP)

@@ -6,7 +6,7 @@ grid). The preset itself is trained with two seeds so the table shows how much t
 Validation accuracy (label scoring, held-out training questions) is the judge, validation loss is shown beside it.
 Writes a table between the bench_ablation markers of ``docs/benchmarks.md``. Test sets are never touched.
 
-    .venv/bin/python scripts/bench_ablation.py --lr 1e-2 [--steps 80] [--batch 4] [--seq 192]
+    .venv/bin/python scripts/bench_ablation.py --lr 3e-3 [--steps 80] [--batch 4] [--seq 192]
 """
 
 from __future__ import annotations
