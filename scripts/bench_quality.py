@@ -13,7 +13,8 @@ Protocol (every step goes through the `xgblora` command line, like a user would)
   5. Write the table between the bench_quality markers of ``docs/benchmarks.md`` and a loss-curve comparison
      PNG (``xgblora report``).
 
-Runs already complete in ``--work`` are reused, so an interrupted benchmark continues where it stopped.
+Runs already complete in ``--work`` are reused, so an interrupted benchmark continues where it stopped;
+``--report-only`` writes the table from whatever is finished, running nothing.
 
     .venv/bin/python scripts/bench_quality.py [--steps 80] [--batch 4] [--seq 192] [--seeds 0 1] [--limit 100]
 """
@@ -60,10 +61,20 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--limit", type=int, default=100, help="test questions per task (seeded subset)")
     p.add_argument("--scoring", nargs="+", default=["loglik", "label"], help="xgblora eval --scoring modes to report")
+    p.add_argument("--report-only", action="store_true", help="write the table from finished results only; run nothing")
     return p.parse_args()
 
 
+class Missing(Exception):
+    """``--report-only``: a result the table needs has not been computed yet."""
+
+
+REPORT_ONLY = False  # set by --report-only: build the table from finished results, run nothing
+
+
 def cli(*args: str) -> None:
+    if REPORT_ONLY:
+        raise Missing(shlex.join(args))
     command = [sys.executable, "-m", "xgblora_cli", *args]
     print("$", shlex.join(["xgblora", *args]), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
@@ -195,7 +206,9 @@ def write_doc(doc: Path, body: str, start: str = START, end: str = END) -> None:
 
 
 def main() -> None:
+    global REPORT_ONLY
     args = parse_args()
+    REPORT_ONLY = args.report_only
     grids = dict(DEFAULT_LRS)
     for item in args.lrs:
         method, values = item.split("=", 1)
@@ -205,20 +218,33 @@ def main() -> None:
     base_val = val_accuracy(args, args.model, args.work / "base", tasks)
     rows: dict[str, dict] = {"base (untouched)": {"lr": f"- ({base_val:.1f}% / -)", "wall": "-", "params": "0",
                                                  "scores": [test_scores(args, args.model, tasks, args.work / "base")]}}
-    chosen_runs = []
+    chosen_runs, unfinished = [], []
     for method in args.methods:
-        tried = {lr: train_run(args, method, lr, args.seeds[0]) for lr in grids[method]}
-        best, val_text = choose(args, tried, tasks)
-        runs = [tried[best]] + [train_run(args, method, best, seed) for seed in args.seeds[1:]]
+        try:
+            tried = {lr: train_run(args, method, lr, args.seeds[0]) for lr in grids[method]}
+            best, val_text = choose(args, tried, tasks)
+        except Missing:
+            unfinished.append(f"{method} (learning-rate grid)")
+            continue
+        runs, scores = [], []
+        for seed in args.seeds:
+            try:
+                run = tried[best] if seed == args.seeds[0] else train_run(args, method, best, seed)
+                scores.append(test_scores(args, str(run["dir"]), tasks, run["dir"]))
+                runs.append(run)
+            except Missing:
+                unfinished.append(f"{method} seed {seed}")
+        if not runs:
+            continue
         chosen_runs.append(runs[0]["dir"])
-        scores = [test_scores(args, str(r["dir"]), tasks, r["dir"]) for r in runs]
         plan = runs[0]["plan"]
         rows[f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"] = {
             "lr": f"**{best:g}** ({val_text})", "scores": scores,
             "wall": spread([r["wall_s"] for r in runs]),
             "params": f"{runs[0]['trainable_per_booster']:,} per booster, {runs[0]['trainable_total']:,} in all"}
     plot = args.doc.parent / "bench_quality_loss.png"
-    cli("report", *map(str, chosen_runs), "--out", str(plot))
+    if not REPORT_ONLY:
+        cli("report", *map(str, chosen_runs), "--out", str(plot))
     command = "python scripts/bench_quality.py " + shlex.join(sys.argv[1:])
     where = args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work
     body = (f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s for this invocation; finished runs "
@@ -228,6 +254,7 @@ def main() -> None:
             f"seeds {' '.join(map(str, args.seeds))}; test accuracy (%) on a seeded subset of {args.limit} "
             f"questions per test file, mean ± standard deviation over seeds. Learning rate per method: the best "
             f"validation accuracy (label scoring, {args.val_per_task} held-out training questions per task) over the grid.\n\n"
+            + (f"Not finished when this table was written: {', '.join(unfinished)}.\n\n" if unfinished else "")
             + "".join(f"Scoring `{s}`:\n\n{table(rows, tasks, s)}\n\n" for s in args.scoring)
             + f"![training loss of the seed-{args.seeds[0]} runs]({plot.name})")
     write_doc(args.doc, body)
