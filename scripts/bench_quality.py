@@ -9,7 +9,7 @@ Protocol (every step goes through the `xgblora` command line, like a user would)
      Validation loss alone is not used: it is mostly the answer format, and a rate can lower it while the
      answers get worse (seen here: xgblora at 3e-2).
   3. Train the chosen learning rate with the other seeds (seed 0 is reused from step 2).
-  4. Score the base model and every final run on the test files (``xgblora eval --limit N``, loglik scoring).
+  4. Score the base model and every final run on the test files (``xgblora eval --limit N``, each ``--scoring``).
   5. Write the table between the bench_quality markers of ``docs/benchmarks.md`` and a loss-curve comparison
      PNG (``xgblora report``).
 
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 
+from xgblora_cli.recipe import apply_override
 from xgblora_cli.tasks.commonsense import FOLDERS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,8 +118,7 @@ def train_run(args: argparse.Namespace, method: str, lr: float, seed: int, extra
                                 "warmup_steps": max(1, args.steps // 10), "max_seq_len": args.seq, "checkpoint_every": 20},
     }
     for key, value in (extra or {}).items():
-        section, _, name = key.rpartition(".")
-        (recipe[section] if section else recipe)[name] = value
+        apply_override(recipe, f"{key}={value}")
     info_file = out / "run.json"
     done = info_file.is_file() and json.loads(info_file.read_text()).get("status") == "complete"
     timing = out / "bench_wall_s.txt"
@@ -141,14 +141,19 @@ def val_loss(args: argparse.Namespace, run: Path) -> float:
     return json.loads(result.read_text())["tasks"]["perplexity"]["mean_nll"]
 
 
+def task_accuracies(target: str, tasks: list[str], data: Path, scoring: str, result: Path, *flags: str) -> dict[str, float]:
+    """Accuracy (%) by task of ``xgblora eval TARGET`` on ``data``, computed once into ``result``."""
+    if not result.is_file():
+        task_flags = [flag for task in tasks for flag in ("--task", task)]
+        cli("eval", target, *task_flags, "--data", str(data), *flags, "--scoring", scoring, "--output", str(result))
+    return {task: 100 * r["accuracy"] for task, r in json.loads(result.read_text())["tasks"].items()}
+
+
 def val_accuracy(args: argparse.Namespace, target: str, folder: Path, tasks: list[str]) -> float:
     """Mean accuracy (%) over tasks on the validation questions, ``label`` scoring: the answer in the format
     the fine-tune is trained on (the LLM-Adapters protocol's target), so it measures what training teaches."""
-    result = folder / "val_label.json"
-    if not result.is_file():
-        task_flags = [flag for task in tasks for flag in ("--task", task)]
-        cli("eval", target, *task_flags, "--data", str(args.work / "val_tasks"), "--scoring", "label", "--output", str(result))
-    return statistics.mean(100 * r["accuracy"] for r in json.loads(result.read_text())["tasks"].values())
+    by_task = task_accuracies(target, tasks, args.work / "val_tasks", "label", folder / "val_label.json")
+    return statistics.mean(by_task.values())
 
 
 def validate(args: argparse.Namespace, run: Path, tasks: list[str]) -> tuple[float, float]:
@@ -166,16 +171,10 @@ def choose(args: argparse.Namespace, runs: dict[float, dict], tasks: list[str]) 
 
 def test_scores(args: argparse.Namespace, target: str, tasks: list[str], folder: Path) -> dict[str, dict[str, float]]:
     """Test accuracy (%) by scoring mode and task."""
-    scores = {}
     folder.mkdir(parents=True, exist_ok=True)
-    for scoring in args.scoring:
-        result = folder / f"test_{scoring}.json"
-        if not result.is_file():
-            task_flags = [flag for task in tasks for flag in ("--task", task)]
-            cli("eval", target, *task_flags, "--data", str(args.data), "--limit", str(args.limit),
-                "--scoring", scoring, "--output", str(result))
-        scores[scoring] = {task: 100 * r["accuracy"] for task, r in json.loads(result.read_text())["tasks"].items()}
-    return scores
+    return {scoring: task_accuracies(target, tasks, args.data, scoring, folder / f"test_{scoring}.json",
+                                     "--limit", str(args.limit))
+            for scoring in args.scoring}
 
 
 def spread(values: list[float]) -> str:
