@@ -55,8 +55,9 @@ def timed_step(forward, optimizer) -> dict[str, float]:
     return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)))
 
 
-def engine_steps(model, model_dir, method: str, args, data) -> list[dict[str, float]]:
-    """xgblora or the lora preset, through the product's own engine and loss."""
+def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[str, float]], list[int]]:
+    """xgblora or the lora preset, through the product's own engine and loss; also each step's lowest adapted
+    block (backward runs from the head down to it, so it sets most of the spread between xgblora's steps)."""
     from xgblora_cli.boosting import BoostingEngine
     from xgblora_cli.loss import causal_lm_loss
     from xgblora_cli.models import BaseWeights, find_blocks
@@ -68,13 +69,14 @@ def engine_steps(model, model_dir, method: str, args, data) -> list[dict[str, fl
     rank, k = (1, args.k) if method == "xgblora" else (8, layers)
     plan = BoosterPlan(rank, 2.0 * rank, k, 1, args.steps, layers)
     engine = BoostingEngine(model, plan, TARGETS, args.seed, MergedWeights(BaseWeights(model_dir)), args.checkpointing)
-    times = []
+    times, lowest = [], []
     for step in range(args.steps):
         booster = engine.start(step)
         optimizer = make_optimizer(booster, TrainArgs(learning_rate=1e-4))
         times.append(timed_step(lambda: causal_lm_loss(model, data)[0], optimizer))
+        lowest.append(min(booster.blocks))
         engine.discard(booster)
-    return times
+    return times, lowest
 
 
 def peft_steps(model, args, data) -> list[dict[str, float]]:
@@ -90,22 +92,35 @@ def peft_steps(model, args, data) -> list[dict[str, float]]:
 
 
 def run_one(method: str, args) -> dict:
-    from xgblora_cli.models import load_model, resolve_model_dir
+    from xgblora_cli.models import find_blocks, load_model, resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
     model = load_model(model_dir, "float32")
     model.train()
     data = batch(model.config.vocab_size, args.batch, args.seq)
     loaded = rss_mb()
-    times = peft_steps(model, args, data) if method == "peft" else engine_steps(model, model_dir, method, args, data)
-    timed = times[1:] or times  # the first step warms up allocator and kernels
-    return {"method": method, "steps": timed, "peak_rss_mb": rss_mb(), "rss_after_load_mb": loaded}
+    if method == "peft":
+        times, lowest = peft_steps(model, args, data), [0] * args.steps  # PEFT adapts every block
+    else:
+        times, lowest = engine_steps(model, model_dir, method, args, data)
+    skip = 1 if len(times) > 1 else 0  # the first step warms up allocator and kernels
+    return {"method": method, "steps": times[skip:], "lowest_blocks": lowest[skip:], "peak_rss_mb": rss_mb(),
+            "rss_after_load_mb": loaded, "num_layers": len(find_blocks(model))}
 
 
 def medians(steps: list[dict[str, float]]) -> dict[str, float]:
     """Median seconds of the whole step and of each phase."""
     out = {"step": statistics.median(sum(s.values()) for s in steps)}
     return out | {phase: statistics.median(s[phase] for s in steps) for phase in PHASES}
+
+
+def draw_summary(lowest: list[int], num_layers: int, k: int) -> str:
+    """How deep xgblora's timed backward passes went, against the mean over all draws of k of ``num_layers``
+    blocks (the lowest of k uniform picks sits at (L - k) / (k + 1) on average, 0-based): a median taken over
+    unusually low draws overstates the step time a long run averages."""
+    expected = (num_layers - k) / (k + 1)
+    return (f"xgblora lowest adapted block per timed step: {lowest} (mean {statistics.mean(lowest):.1f}; "
+            f"a long run averages {expected:.1f})")
 
 
 def main() -> None:
@@ -136,8 +151,10 @@ def main() -> None:
             result = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{method:>8} round {round_ + 1}: median step {medians(result['steps'])['step']:.2f} s   "
                   f"peak RSS {result['peak_rss_mb']:.0f} MB (after model load {result['rss_after_load_mb']:.0f} MB)", flush=True)
-            row = rows.setdefault(method, {"steps": [], "peak_rss_mb": 0.0})
+            row = rows.setdefault(method, {"steps": [], "lowest_blocks": [], "peak_rss_mb": 0.0})
             row["steps"] += result["steps"]
+            row["lowest_blocks"] += result["lowest_blocks"]
+            row["num_layers"] = result["num_layers"]
             row["peak_rss_mb"] = max(row["peak_rss_mb"], result["peak_rss_mb"])
     for method, row in rows.items():
         row |= medians(row["steps"])
@@ -146,6 +163,8 @@ def main() -> None:
               f"peak RSS {row['peak_rss_mb']:.0f} MB")
     print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} k={args.k} "
           f"checkpointing={args.checkpointing}")
+    if "xgblora" in rows:
+        print(draw_summary(rows["xgblora"]["lowest_blocks"], rows["xgblora"]["num_layers"], args.k))
     if "xgblora" in rows and "peft" in rows:
         x, p = rows["xgblora"], rows["peft"]
         print(f"step_time_ratio_vs_peft={x['step'] / p['step']:.3f} "
