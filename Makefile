@@ -27,7 +27,7 @@ quickstart: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -c constraints.txt peft
 	$(PY) scripts/bench_loss.py
-	$(PY) scripts/bench_speed.py --batch 4 --seq 128 --steps 4
+	$(PY) scripts/bench_speed.py --batch 4 --seq 128 --steps 4 --rounds 3
 
 # accuracy under one budget on ../shared/data/commonsense, then xgblora's k / kappa / re-warmup around the
 # preset (about 3 hours on 2 cores; resumable: finished runs in runs/bench_quality are reused)

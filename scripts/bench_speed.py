@@ -4,7 +4,9 @@ Each method runs in its own fresh process (so peak RSS is its own) on the same m
 length, back to back in one invocation, in interleaved rounds (xgblora, lora, peft, xgblora, ...) so that a
 drift in background load hits every method alike. A step is forward + backward + AdamW on a fixed random batch
 whose every position carries a label. xgblora draws a new booster (new random blocks, seeded by the round) for
-every step, so the median covers the spread of backward depths. PEFT (benchmark-only dependency) uses its standard HF loss.
+every step, so the median covers the spread of backward depths; since a few draws can sit deeper or shallower
+than a long run's average, it also prints each timed step's lowest adapted block and the step time a line fit
+gives at the long-run mean depth. PEFT (benchmark-only dependency) uses its standard HF loss.
 
     .venv/bin/python scripts/bench_speed.py [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 5] [--rounds 2] [--k 4]
 
@@ -118,9 +120,22 @@ def draw_summary(lowest: list[int], num_layers: int, k: int) -> str:
     """How deep xgblora's timed backward passes went, against the mean over all draws of k of ``num_layers``
     blocks (the lowest of k uniform picks sits at (L - k) / (k + 1) on average, 0-based): a median taken over
     unusually low draws overstates the step time a long run averages."""
-    expected = (num_layers - k) / (k + 1)
     return (f"xgblora lowest adapted block per timed step: {lowest} (mean {statistics.mean(lowest):.1f}; "
-            f"a long run averages {expected:.1f})")
+            f"a long run averages {mean_lowest(num_layers, k):.1f})")
+
+
+def mean_lowest(num_layers: int, k: int) -> float:
+    """Expected lowest of k distinct blocks drawn uniformly from ``num_layers`` (0-based)."""
+    return (num_layers - k) / (k + 1)
+
+
+def step_at_mean_depth(steps: list[dict[str, float]], lowest: list[int], num_layers: int, k: int) -> float | None:
+    """xgblora's step time at the long-run mean depth: a least-squares line of step time against the lowest
+    adapted block, read at :func:`mean_lowest`. None when the draws do not span two depths."""
+    if len(set(lowest)) < 2:
+        return None
+    fit = statistics.linear_regression(lowest, [sum(s.values()) for s in steps])
+    return fit.intercept + fit.slope * mean_lowest(num_layers, k)
 
 
 def main() -> None:
@@ -164,7 +179,12 @@ def main() -> None:
     print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} k={args.k} "
           f"checkpointing={args.checkpointing}")
     if "xgblora" in rows:
-        print(draw_summary(rows["xgblora"]["lowest_blocks"], rows["xgblora"]["num_layers"], args.k))
+        x = rows["xgblora"]
+        print(draw_summary(x["lowest_blocks"], x["num_layers"], args.k))
+        fitted = step_at_mean_depth(x["steps"], x["lowest_blocks"], x["num_layers"], args.k)
+        if fitted is not None and "peft" in rows:
+            print(f"xgblora step at the long-run mean depth (line fit over the timed steps): {fitted:.2f} s, "
+                  f"{fitted / rows['peft']['step']:.3f}x PEFT's median")
     if "xgblora" in rows and "peft" in rows:
         x, p = rows["xgblora"], rows["peft"]
         print(f"step_time_ratio_vs_peft={x['step'] / p['step']:.3f} "
