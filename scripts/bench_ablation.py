@@ -15,7 +15,7 @@ import argparse
 import shlex
 import sys
 
-from bench_quality import add_budget_args, cut_splits, train_run, validate, write_doc
+from bench_quality import add_budget_args, cut_splits, train_run, val_questions, validate, write_doc
 
 from xgblora_cli.recipe import PRESETS
 
@@ -46,14 +46,15 @@ def write_table(args: argparse.Namespace, rows: list[tuple], pending: list[str])
     command = "python scripts/bench_ablation.py " + shlex.join(sys.argv[1:])
     body = (f"Command: `{command.strip()}`; budget {args.steps} steps x batch {args.batch} x at most {args.seq} tokens, "
             f"learning rate {args.lr:g}; validation accuracy (label scoring, mean over tasks) and loss (mean token NLL) "
-            f"on the validation split ({args.val_per_task} held-out training questions per task).\n\n" + "\n".join(lines))
+            f"on the validation split ({val_questions(args)} held-out training questions per task for accuracy, the first "
+            f"{args.val_per_task} of them for loss).\n\n" + "\n".join(lines))
     write_doc(args.doc, body, START, END)
     print(body, flush=True)
 
 
 def main() -> None:
     args = parse_args()
-    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
+    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task, args.val_extra_per_task)
     preset = PRESETS["xgblora"]
     variants = [(f"preset (k={preset.layers_per_booster}, kappa={preset.steps_per_booster}, re-warmup 0), seed {seed}", seed, {})
                 for seed in (0, 1)]

@@ -50,7 +50,11 @@ def add_budget_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=192)
     p.add_argument("--train-per-task", type=int, default=400)
-    p.add_argument("--val-per-task", type=int, default=40)
+    p.add_argument("--val-per-task", type=int, default=40,
+                   help="held-out training questions per task, cut before the training slice")
+    p.add_argument("--val-extra-per-task", type=int, default=160,
+                   help="more held-out questions per task, taken after the training slice (so they do not change "
+                        "what is trained on), for validation accuracy only")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
 
 
@@ -81,8 +85,13 @@ def cli(*args: str) -> None:
     subprocess.run(command, check=True, cwd=ROOT)
 
 
-def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int) -> list[str]:
-    """train.jsonl / val.jsonl in ``work`` from each task's training file; returns the tasks found."""
+def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int, val_extra: int = 0) -> list[str]:
+    """train.jsonl / val.jsonl in ``work`` from each task's training file; returns the tasks found.
+
+    Each task's shuffled records are cut as ``[val_per_task | per_task (training) | val_extra]``: val.jsonl
+    (validation loss) holds the first part, ``val_tasks/<Folder>/test.json`` (validation accuracy) the first and
+    the last, so growing ``val_extra`` leaves the training mix as it was.
+    """
     tasks, train, val = [], [], []
     work.mkdir(parents=True, exist_ok=True)
     for task, folder in FOLDERS.items():
@@ -92,11 +101,12 @@ def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int) -> list
         records = json.loads(source.read_text())
         random.Random(1234).shuffle(records)
         val += records[:val_per_task]
-        train += records[val_per_task : val_per_task + per_task]
+        end = val_per_task + per_task
+        train += records[val_per_task:end]
         tasks.append(task)
-        by_task = work / "val_tasks" / folder  # the same validation records, per task, in the test-file layout
+        by_task = work / "val_tasks" / folder  # validation questions, per task, in the test-file layout
         by_task.mkdir(parents=True, exist_ok=True)
-        (by_task / "test.json").write_text(json.dumps(records[:val_per_task]))
+        (by_task / "test.json").write_text(json.dumps(records[:val_per_task] + records[end : end + val_extra]))
     if not tasks:
         sys.exit(f"--data {data}: no <task>/train.json in the LLM-Adapters layout")
     random.Random(1234).shuffle(train)
@@ -151,9 +161,16 @@ def task_accuracies(target: str, tasks: list[str], data: Path, scoring: str, res
 
 def val_accuracy(args: argparse.Namespace, target: str, folder: Path, tasks: list[str]) -> float:
     """Mean accuracy (%) over tasks on the validation questions, ``label`` scoring: the answer in the format
-    the fine-tune is trained on (the LLM-Adapters protocol's target), so it measures what training teaches."""
-    by_task = task_accuracies(target, tasks, args.work / "val_tasks", "label", folder / "val_label.json")
+    the fine-tune is trained on (the LLM-Adapters protocol's target), so it measures what training teaches.
+    The result file is named by the questions per task, so a larger split is scored afresh."""
+    result = folder / f"val_label_{val_questions(args)}.json"
+    by_task = task_accuracies(target, tasks, args.work / "val_tasks", "label", result)
     return statistics.mean(by_task.values())
+
+
+def val_questions(args: argparse.Namespace) -> int:
+    """Validation-accuracy questions per task (fewer where a training file runs out)."""
+    return args.val_per_task + args.val_extra_per_task
 
 
 def validate(args: argparse.Namespace, run: Path, tasks: list[str]) -> tuple[float, float]:
@@ -213,7 +230,7 @@ def main() -> None:
         method, values = item.split("=", 1)
         grids[method] = [float(v) for v in values.split(",")]
     started = time.perf_counter()
-    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task)
+    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task, args.val_extra_per_task)
     base_val = val_accuracy(args, args.model, args.work / "base", tasks)
     rows: dict[str, dict] = {"base (untouched)": {"lr": f"- ({base_val:.1f}% / -)", "wall": "-", "params": "0",
                                                  "scores": [test_scores(args, args.model, tasks, args.work / "base")]}}
@@ -249,10 +266,11 @@ def main() -> None:
     body = (f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s for this invocation; finished runs "
             f"in `{where}` are reused; train wall is each run's own time, taken under varying load: not a speed comparison)\n\n"
             f"Budget: {args.steps} optimizer steps x batch {args.batch} x at most {args.seq} tokens, "
-            f"{args.train_per_task} training and {args.val_per_task} validation records per task from the training files; "
+            f"{args.train_per_task} training and {val_questions(args)} validation records per task from the training files; "
             f"seeds {' '.join(map(str, args.seeds))}; test accuracy (%) on a seeded subset of {args.limit} "
             f"questions per test file, mean ± standard deviation over seeds. Learning rate per method: the best "
-            f"validation accuracy (label scoring, {args.val_per_task} held-out training questions per task) over the grid.\n\n"
+            f"validation accuracy (label scoring, {val_questions(args)} held-out training questions per task; validation "
+            f"loss, the tie-break, on the first {args.val_per_task} of them) over the grid.\n\n"
             + (f"Not finished when this table was written: {', '.join(unfinished)}.\n\n" if unfinished else "")
             + "".join(f"Scoring `{s}`:\n\n{table(rows, tasks, s)}\n\n" for s in args.scoring)
             + f"![training loss of the seed-{args.seeds[0]} runs]({plot.name})")
