@@ -58,3 +58,28 @@ def test_one_token_fast_path_agrees_with_the_general_path() -> None:
     general = continuation_logprobs(Shift(), [(c, [5]) for c in contexts], pad_id=0)
     assert [float(table[i, 5]) for i in range(3)] == pytest.approx(general, abs=1e-5)
     assert int(table[0].argmax()) == 3 and int(table[2].argmax()) == 0
+
+
+def test_fold_common_prefix_moves_shared_tokens_and_keeps_one() -> None:
+    from xgblora_cli.scoring import fold_common_prefix
+
+    assert fold_common_prefix([1], [[2, 3, 4], [2, 3, 5]]) == ([1, 2, 3], [[4], [5]])
+    assert fold_common_prefix([1], [[2, 3], [2, 3, 4]]) == ([1, 2], [[3], [3, 4]])  # the shorter keeps one token
+    assert fold_common_prefix([1], [[2], [2]]) == ([1], [[2], [2]])
+    assert fold_common_prefix([1], [[6, 3], [2, 3]]) == ([1], [[6, 3], [2, 3]])
+
+
+def test_folding_leaves_the_ranking_as_scoring_every_answer_in_full() -> None:
+    from xgblora_cli.scoring import fold_common_prefix
+
+    generator = torch.Generator().manual_seed(0)
+    tokens = lambda low, high: torch.randint(1, V, (int(torch.randint(low, high, (1,), generator=generator)),),  # noqa: E731
+                                             generator=generator).tolist()
+    for _ in range(50):
+        context, shared = tokens(3, 4), tokens(0, 3)
+        answers = [shared + tokens(1, 3) for _ in range(3)]
+        full = continuation_logprobs(Shift(), [(context, a) for a in answers], pad_id=0)
+        folded_context, rest = fold_common_prefix(context, answers)
+        folded = continuation_logprobs(Shift(), [(folded_context, r) for r in rest], pad_id=0)
+        offsets = [f - g for f, g in zip(full, folded)]  # the shared tokens' log-probability: the same for all
+        assert offsets == pytest.approx([offsets[0]] * 3, abs=1e-5)

@@ -65,19 +65,35 @@ def last_position_logprobs(model: nn.Module, contexts: list[list[int]], pad_id: 
     return F.log_softmax(model.get_output_embeddings()(last).float(), dim=-1).cpu()
 
 
+def fold_common_prefix(context: list[int], continuations: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Move the tokens every continuation starts with into the context, leaving at least one in each.
+
+    Those tokens add the same log-probability to every candidate, so the ranking is unchanged; candidates that
+    then differ in their one remaining token (``the correct answer is answer1`` / ``answer2``) are scored in one
+    pass per question instead of one per candidate.
+    """
+    shortest = min(len(c) for c in continuations)
+    shared = 0
+    while shared < shortest - 1 and all(c[shared] == continuations[0][shared] for c in continuations):
+        shared += 1
+    return context + continuations[0][:shared], [c[shared:] for c in continuations]
+
+
 def score_loglik(model: nn.Module, tokenizer, questions: list[Question], chat: bool, labels: bool = False) -> list[int]:
     """The index of the most likely answer for each question (all answers scored in one batch), by summed
-    log-probability. Default: each option after the plain ``context`` (lm-evaluation-harness style).
-    ``labels=True``: each candidate in the training data's answer format, after the (chat) prompt.
+    log-probability; a prefix all of a question's answers share is scored once, as context. Default: each
+    option after the plain ``context`` (lm-evaluation-harness style). ``labels=True``: each candidate in the
+    training data's answer format, after the (chat) prompt.
     """
     pairs, owners = [], []
     for q_index, question in enumerate(questions):
         text = context_text(tokenizer, question, chat) if labels else question.context
-        ctx = tokenizer(text, add_special_tokens=False)["input_ids"]
-        for answer in question.candidates if labels else question.options:
-            pairs.append((ctx, tokenizer(answer, add_special_tokens=False)["input_ids"]))
-            owners.append(q_index)
-    if all(len(cont) == 1 for _, cont in pairs):  # one-token answers (MMLU letters): one pass per question
+        answers = question.candidates if labels else question.options
+        answers = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
+        ctx, continuations = fold_common_prefix(tokenizer(text, add_special_tokens=False)["input_ids"], answers)
+        pairs += [(ctx, cont) for cont in continuations]
+        owners += [q_index] * len(continuations)
+    if all(len(cont) == 1 for _, cont in pairs):  # one-token answers (MMLU letters, folded labels): one pass per question
         contexts = {owner: ctx for owner, (ctx, _) in zip(owners, pairs)}
         table = last_position_logprobs(model, [contexts[q] for q in range(len(questions))], tokenizer.pad_token_id)
         scores = [float(table[owner, cont[0]]) for owner, (_, cont) in zip(owners, pairs)]
