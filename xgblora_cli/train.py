@@ -20,15 +20,15 @@ from torch import nn
 
 from xgblora_cli.boosting import ActiveBooster, BoostingEngine, find_targets, trainable_per_booster
 from xgblora_cli.data import BatchStream, load_records, uses_chat_template
+from xgblora_cli.distributed import SINGLE, Ranks, check_batch, exit_worker, init_from_env, shutdown
+from xgblora_cli.errors import UserError
+from xgblora_cli.fsutil import check_writable
 from xgblora_cli.loss import causal_lm_loss
-from xgblora_cli.distributed import SINGLE, Ranks, check_batch, init_from_env, shutdown
 from xgblora_cli.models import BaseWeights, find_blocks, load_model, load_tokenizer, pick_device, resolve_model_dir
 from xgblora_cli.progress import TrainProgress
 from xgblora_cli.recipe import BoosterPlan, Recipe, RecipeError, TrainArgs, recipe_to_yaml, resolve_plan
 from xgblora_cli.record import MergedWeights, Record, apply_record
 from xgblora_cli.rundir import Checkpoint, RunDir
-from xgblora_cli.errors import UserError
-from xgblora_cli.fsutil import check_writable
 
 KILL_ENV = "XGBLORA_TEST_SIGKILL_AT_STEP"  # fault injection for the resume test: SIGKILL self after this step
 
@@ -285,9 +285,11 @@ def start_run(
     try:
         if memory_check:
             check_fits(recipe, source, ranks)
-        return _train(recipe, source, resume, overwrite, progress, ranks)
+        path = _train(recipe, source, resume, overwrite, progress, ranks)
     finally:
         shutdown(ranks)
+    exit_worker(ranks)
+    return path
 
 
 def _train(recipe: Recipe, source: str, resume: bool, overwrite: bool, progress: bool, ranks: Ranks) -> Path:
