@@ -3,16 +3,12 @@ larger validation split leaves the training mix unchanged."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
-SCRIPTS = Path(__file__).parents[2] / "scripts"
-_SPEC = importlib.util.spec_from_file_location("bench_quality", SCRIPTS / "bench_quality.py")
-bench_quality = importlib.util.module_from_spec(_SPEC)
-sys.modules.setdefault("bench_quality", bench_quality)
-_SPEC.loader.exec_module(bench_quality)
+from tests.scripts import load_script
+
+bench_quality = load_script("bench_quality")
 
 
 def _fake_data(root: Path) -> Path:

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
 
+from tests.scripts import load_script
 from xgblora_cli.boosting import booster_blocks
 
-_SPEC = importlib.util.spec_from_file_location("bench_speed", Path(__file__).parents[2] / "scripts" / "bench_speed.py")
-bench_speed = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(bench_speed)
+bench_speed = load_script("bench_speed")
 
 
 @pytest.mark.parametrize(("num_layers", "k"), [(30, 4), (32, 2), (12, 6)])
