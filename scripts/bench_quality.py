@@ -1,280 +1,215 @@
-"""Accuracy under one budget: xgblora vs cola vs lora (and the untouched base) on real commonsense data.
+"""Does fine-tuning help, and how do xgblora, cola and lora compare where the model can learn? (GLUE SST-2 and RTE)
 
-Protocol (every step goes through the `xgblora` command line, like a user would):
-  1. Cut a training mix and a validation split from the *training* files of every commonsense task found
-     under ``--data`` (default ``../shared/data/commonsense``); the test files are never used for choices.
-  2. For each method, train with every learning rate of its grid (seed 0) and keep the one with the highest
-     validation accuracy (``xgblora eval RUN --task T --data val_tasks --scoring label`` on the held-out
-     training questions, mean over tasks; ties go to the lower validation loss, which is reported too).
-     Validation loss alone is not used: it is mostly the answer format, and a rate can lower it while the
-     answers get worse (seen here: xgblora at 3e-2).
-  3. Train the chosen learning rate with the other seeds (seed 0 is reused from step 2).
-  4. Score the base model and every final run on the test files (``xgblora eval --limit N``, each ``--scoring``).
-  5. Write the table between the bench_quality markers of ``docs/benchmarks.md`` and a loss-curve comparison
-     PNG (``xgblora report``).
+Protocol (every step goes through the `xgblora` command line, as a user would run it):
+  1. Per task, cut class-balanced training and validation records from GLUE's *training* TSV (scripts/benchlib.py);
+     the test split is GLUE's dev (its test labels are not public). SST-2's cut is the quickstart's data/ slice.
+  2. Per method, train every learning rate of its grid with seed 0 and keep the one with the best validation
+     accuracy (``xgblora eval RUN --task choice --data val.jsonl``, label scoring); then train that rate with the
+     other seeds. Same optimizer steps, batch, sequence length and warmup for every method.
+  3. ``control``: the xgblora preset with *one* rank-1 booster for the whole run (same number of random blocks,
+     never merged), at xgblora's chosen rate: what boosting adds over a single small adapter.
+  4. Score the base model and every final run on the test split (``xgblora eval --task sst2|rte``), and every
+     final run at its snapshots (``--step``) on a seeded test subset: accuracy against steps and wall-clock.
+  5. Write tables between the bench_quality markers of docs/benchmarks.md, a learning-curve PNG, and the loss
+     curves of the seed-0 runs (``xgblora report``).
 
-Runs already complete in ``--work`` are reused, so an interrupted benchmark continues where it stopped;
-``--report-only`` writes the table from whatever is finished, running nothing.
+Finished runs and evaluations in ``--work`` are reused, so an interrupted benchmark continues where it stopped;
+``--report-only`` writes the tables from what is finished.
 
-    .venv/bin/python scripts/bench_quality.py [--steps 80] [--batch 4] [--seq 192] [--seeds 0 1] [--limit 100]
+    .venv/bin/python scripts/bench_quality.py [--tasks sst2 rte] [--seeds 0 1 2] [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import yaml
+from xgblora_cli.tasks.glue import GLUE
 
-from xgblora_cli.recipe import apply_override
-from xgblora_cli.tasks.commonsense import FOLDERS
+from benchlib import GLUE_DIR, ROOT, Missing, Runner, TaskBudget, accuracy, cut_glue, spread, train_run, write_doc, write_records
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_LRS = {"xgblora": [1e-3, 3e-3, 1e-2, 3e-2], "cola": [3e-4, 1e-3, 3e-3], "lora": [3e-4, 1e-3, 3e-3]}
+BUDGETS = {
+    "sst2": TaskBudget("sst2", train=1000, val=200, steps=100, batch=8, seq=128, min_words=5),
+    "rte": TaskBudget("rte", train=1040, val=150, steps=100, batch=8, seq=256),
+}
+GRIDS = {"xgblora": [3e-3, 1e-2, 3e-2], "cola": [3e-4, 1e-3, 3e-3], "lora": [3e-4, 1e-3, 3e-3]}
+CURVE_LIMIT = 200  # test questions per learning-curve point (a seeded subset; the end point uses the whole split)
 START, END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
-
-
-def add_budget_args(p: argparse.ArgumentParser) -> None:
-    """The model, data, work folder, budget and output flags this script shares with bench_ablation.py."""
-    p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "commonsense")
-    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
-    p.add_argument("--steps", type=int, default=80, help="optimizer steps per run (the budget)")
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=192)
-    p.add_argument("--train-per-task", type=int, default=400)
-    p.add_argument("--val-per-task", type=int, default=40,
-                   help="held-out training questions per task, cut before the training slice")
-    p.add_argument("--val-extra-per-task", type=int, default=160,
-                   help="more held-out questions per task, taken after the training slice (so they do not change "
-                        "what is trained on), for validation accuracy only")
-    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_budget_args(p)
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_LRS))
-    p.add_argument("--lrs", nargs="*", default=[], metavar="METHOD=LR,LR", help="override a method's grid")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--limit", type=int, default=100, help="test questions per task (seeded subset)")
-    p.add_argument("--scoring", nargs="+", default=["loglik", "label"], help="xgblora eval --scoring modes to report")
-    p.add_argument("--report-only", action="store_true", help="write the table from finished results only; run nothing")
+    p.add_argument("--tasks", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
+    p.add_argument("--methods", nargs="+", default=[*GRIDS, "control"])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--glue", type=Path, default=GLUE_DIR)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--report-only", action="store_true", help="write the tables from finished results only; run nothing")
     return p.parse_args()
 
 
-class Missing(Exception):
-    """``--report-only``: a result the table needs has not been computed yet."""
+class TaskBench:
+    """One task's runs, validation choices, test scores and learning curves."""
+
+    def __init__(self, args: argparse.Namespace, runner: Runner, budget: TaskBudget) -> None:
+        self.args, self.runner, self.budget = args, runner, budget
+        self.work = args.work
+        train, val = cut_glue(args.glue, budget)
+        self.data = {"train": args.work / budget.name / "train.jsonl", "val": args.work / budget.name / "val.jsonl"}
+        write_records(self.data["train"], budget.name, train)
+        write_records(self.data["val"], budget.name, val)
+        self.test = args.glue / GLUE[budget.name].folder / "dev.tsv"
+
+    def run(self, method: str, lr: float, seed: int) -> dict:
+        return train_run(self.runner, self.work, self.budget, self.data["train"], method, lr, seed)
+
+    def val_acc(self, target: str, folder: Path) -> float:
+        return accuracy(self.runner, target, "choice", self.data["val"], folder / "val_acc.json")
+
+    def test_acc(self, target: str, folder: Path, step: int | None = None) -> float:
+        if step is None:
+            return accuracy(self.runner, target, self.budget.name, self.test, folder / "test_acc.json")
+        return accuracy(self.runner, target, self.budget.name, self.test, folder / f"curve_step{step}.json",
+                        "--step", str(step), "--limit", str(CURVE_LIMIT))
+
+    def choose(self, method: str, grid: list[float]) -> tuple[float, dict[float, float]]:
+        """The rate of ``grid`` with the best validation accuracy (ties: the lower rate), and every rate's accuracy."""
+        scores = {lr: self.val_acc(str(run["dir"]), run["dir"]) for lr in grid for run in [self.run(method, lr, self.args.seeds[0])]}
+        best = max(sorted(scores), key=lambda lr: scores[lr])
+        print(f"{self.budget.name} {method}: validation accuracy by rate {scores} -> {best:g}", flush=True)
+        return best, scores
+
+    def curve(self, run: dict) -> list[tuple[int, float, float]]:
+        """(step, seconds of training, test accuracy on the curve subset) at every snapshot of ``run``."""
+        steps = self.budget.steps
+        every = max(1, steps // 4)
+        points = []
+        for step in range(every, steps + 1, every):
+            points.append((step, run["wall_s"] * step / steps, self.test_acc(str(run["dir"]), run["dir"], step)))
+        return points
 
 
-REPORT_ONLY = False  # set by --report-only: build the table from finished results, run nothing
-
-
-def cli(*args: str) -> None:
-    if REPORT_ONLY:
-        raise Missing(shlex.join(args))
-    command = [sys.executable, "-m", "xgblora_cli", *args]
-    print("$", shlex.join(["xgblora", *args]), flush=True)
-    subprocess.run(command, check=True, cwd=ROOT)
-
-
-def cut_splits(data: Path, work: Path, per_task: int, val_per_task: int, val_extra: int = 0) -> list[str]:
-    """train.jsonl / val.jsonl in ``work`` from each task's training file; returns the tasks found.
-
-    Each task's shuffled records are cut as ``[val_per_task | per_task (training) | val_extra]``: val.jsonl
-    (validation loss) holds the first part, ``val_tasks/<Folder>/test.json`` (validation accuracy) the first and
-    the last, so growing ``val_extra`` leaves the training mix as it was.
-    """
-    tasks, train, val = [], [], []
-    work.mkdir(parents=True, exist_ok=True)
-    for task, folder in FOLDERS.items():
-        source = data / folder / "train.json"
-        if not source.is_file():
+def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> dict[str, dict]:
+    """Per method: chosen rate, validation accuracy by rate, test accuracies by seed, curves, wall times."""
+    rows: dict[str, dict] = {}
+    chosen: dict[str, float] = {}
+    for method in methods:
+        try:
+            if method == "control":
+                if "xgblora" not in chosen:
+                    unfinished.append(f"{bench.budget.name} control (needs xgblora's rate)")
+                    continue
+                best, grid_scores = chosen["xgblora"], {}
+            else:
+                best, grid_scores = bench.choose(method, GRIDS[method])
+            chosen[method] = best
+        except Missing:
+            unfinished.append(f"{bench.budget.name} {method} (learning-rate grid)")
             continue
-        records = json.loads(source.read_text())
-        random.Random(1234).shuffle(records)
-        val += records[:val_per_task]
-        end = val_per_task + per_task
-        train += records[val_per_task:end]
-        tasks.append(task)
-        by_task = work / "val_tasks" / folder  # validation questions, per task, in the test-file layout
-        by_task.mkdir(parents=True, exist_ok=True)
-        (by_task / "test.json").write_text(json.dumps(records[:val_per_task] + records[end : end + val_extra]))
-    if not tasks:
-        sys.exit(f"--data {data}: no <task>/train.json in the LLM-Adapters layout")
-    random.Random(1234).shuffle(train)
-    for name, rows in (("train.jsonl", train), ("val.jsonl", val)):
-        (work / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return tasks
+        runs, tests, curves = [], [], []
+        for seed in bench.args.seeds:
+            try:
+                run = bench.run(method, best, seed)
+                tests.append(bench.test_acc(str(run["dir"]), run["dir"]))
+                curves.append(bench.curve(run))
+                runs.append(run)
+            except Missing:
+                unfinished.append(f"{bench.budget.name} {method} seed {seed}")
+        if runs:
+            rows[method] = {"lr": best, "grid": grid_scores, "test": tests, "curves": curves, "runs": runs}
+    return rows
 
 
-def train_run(args: argparse.Namespace, method: str, lr: float, seed: int, extra: dict | None = None) -> dict:
-    """Train (or reuse) one run; returns its directory, wall time and trainable parameters.
-
-    ``extra`` adds recipe keys (``train.``-prefixed for the train block); they are part of the run's name.
-    """
-    tag = "".join(f"_{key.removeprefix('train.')}{value}" for key, value in (extra or {}).items())
-    out = args.work / f"{method}_lr{lr:g}_s{seed}{tag}"
-    recipe = {
-        "model": args.model, "dataset": str(args.work / "train.jsonl"), "output_dir": str(out), "method": method,
-        "seed": seed, "train": {"max_steps": args.steps, "batch_size": args.batch, "learning_rate": lr,
-                                "warmup_steps": max(1, args.steps // 10), "max_seq_len": args.seq, "checkpoint_every": 20},
-    }
-    for key, value in (extra or {}).items():
-        apply_override(recipe, f"{key}={value}")
-    info_file = out / "run.json"
-    done = info_file.is_file() and json.loads(info_file.read_text()).get("status") == "complete"
-    timing = out / "bench_wall_s.txt"
-    if not done or not timing.is_file():
-        recipe_file = args.work / f"{out.name}.yaml"
-        recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-        started = time.perf_counter()
-        cli("train", str(recipe_file), "--no-progress", "--overwrite")
-        timing.write_text(f"{time.perf_counter() - started:.1f}\n")
-    info = json.loads(info_file.read_text())
-    trainable = info["trainable_per_booster"]
-    return {"dir": out, "wall_s": float(timing.read_text()), "trainable_per_booster": trainable,
-            "trainable_total": trainable * info["plan"]["num_boosters"], "plan": info["plan"]}
-
-
-def val_loss(args: argparse.Namespace, run: Path) -> float:
-    result = run / "val.json"
-    if not result.is_file():
-        cli("eval", str(run), "--task", "perplexity", "--data", str(args.work / "val.jsonl"), "--output", str(result))
-    return json.loads(result.read_text())["tasks"]["perplexity"]["mean_nll"]
-
-
-def task_accuracies(target: str, tasks: list[str], data: Path, scoring: str, result: Path, *flags: str) -> dict[str, float]:
-    """Accuracy (%) by task of ``xgblora eval TARGET`` on ``data``, computed once into ``result``."""
-    if not result.is_file():
-        task_flags = [flag for task in tasks for flag in ("--task", task)]
-        cli("eval", target, *task_flags, "--data", str(data), *flags, "--scoring", scoring, "--output", str(result))
-    return {task: 100 * r["accuracy"] for task, r in json.loads(result.read_text())["tasks"].items()}
-
-
-def val_accuracy(args: argparse.Namespace, target: str, folder: Path, tasks: list[str]) -> float:
-    """Mean accuracy (%) over tasks on the validation questions, ``label`` scoring: the answer in the format
-    the fine-tune is trained on (the LLM-Adapters protocol's target), so it measures what training teaches.
-    The result file is named by the questions per task, so a larger split is scored afresh."""
-    result = folder / f"val_label_{val_questions(args)}.json"
-    by_task = task_accuracies(target, tasks, args.work / "val_tasks", "label", result)
-    return statistics.mean(by_task.values())
-
-
-def val_questions(args: argparse.Namespace) -> int:
-    """Validation-accuracy questions per task (fewer where a training file runs out)."""
-    return args.val_per_task + args.val_extra_per_task
-
-
-def validate(args: argparse.Namespace, run: Path, tasks: list[str]) -> tuple[float, float]:
-    """(validation accuracy %, validation loss) of one run."""
-    return val_accuracy(args, str(run), run, tasks), val_loss(args, run)
-
-
-def choose(args: argparse.Namespace, runs: dict[float, dict], tasks: list[str]) -> tuple[float, str]:
-    """The learning rate with the best validation accuracy (then loss), and a text of every rate's numbers."""
-    scores = {lr: validate(args, run["dir"], tasks) for lr, run in runs.items()}
-    best = max(scores, key=lambda lr: (scores[lr][0], -scores[lr][1]))
-    print(f"validation (accuracy %, loss) by lr {scores} -> {best:g}", flush=True)
-    return best, ", ".join(f"{lr:g}: {acc:.1f}% / {loss:.3f}" for lr, (acc, loss) in scores.items())
-
-
-def test_scores(args: argparse.Namespace, target: str, tasks: list[str], folder: Path) -> dict[str, dict[str, float]]:
-    """Test accuracy (%) by scoring mode and task."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return {scoring: task_accuracies(target, tasks, args.data, scoring, folder / f"test_{scoring}.json",
-                                     "--limit", str(args.limit))
-            for scoring in args.scoring}
-
-
-def spread(values: list[float]) -> str:
-    mean = statistics.mean(values)
-    return f"{mean:.1f}" if len(values) < 2 else f"{mean:.1f} ± {statistics.stdev(values):.1f}"
-
-
-def table(rows: dict[str, dict], tasks: list[str], scoring: str) -> str:
-    head = "| model | lr (val accuracy / val loss) | " + " | ".join(tasks) + " | avg | train wall (s) | trainable params |"
-    lines = [head, "|" + "---|" * (len(tasks) + 5)]
-    for name, row in rows.items():
-        runs = [scores[scoring] for scores in row["scores"]]
-        cells = [spread([r[t] for r in runs]) for t in tasks]
-        avg = spread([statistics.mean(r[t] for t in tasks) for r in runs])
-        lines.append(f"| {name} | {row['lr']} | " + " | ".join(cells) + f" | **{avg}** | {row['wall']} | {row['params']} |")
+def task_table(name: str, base: tuple[float, float], rows: dict[str, dict]) -> str:
+    lines = [f"**{name}** (test = GLUE dev; validation = held-out training records)", "",
+             "| model | learning rate (validation accuracy by rate) | validation acc. | test accuracy | train wall (s) | trainable params |",
+             "|---|---|---|---|---|---|",
+             f"| base (untouched) | - | {base[0]:.1f} | {base[1]:.1f} | - | 0 |"]
+    for method, row in rows.items():
+        plan = row["runs"][0]["plan"]
+        grid = ", ".join(f"{lr:g}: {acc:.1f}" for lr, acc in sorted(row["grid"].items())) or "xgblora's"
+        val = f"{row['grid'][row['lr']]:.1f}" if row["grid"] else "-"
+        label = f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"
+        params = f"{row['runs'][0]['trainable_per_booster']:,}/booster"
+        lines.append(f"| {label} | **{row['lr']:g}** ({grid}) | {val} | **{spread(row['test'])}** (n={len(row['test'])}) "
+                     f"| {spread([r['wall_s'] for r in row['runs']], 0)} | {params} |")
     return "\n".join(lines)
 
 
-def write_doc(doc: Path, body: str, start: str = START, end: str = END) -> None:
-    """Replace what lies between the ``start`` and ``end`` markers of ``doc`` (appended when missing)."""
-    text = doc.read_text() if doc.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"
-    if start not in text:
-        text += f"\n{start}\n{end}\n"
-    before, rest = text.split(start, 1)
-    after = rest.split(end, 1)[1]
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(f"{before}{start}\n{body}\n{end}{after}")
+def curve_table(rows: dict[str, dict]) -> str:
+    steps = [p[0] for p in next(iter(rows.values()))["curves"][0]] if rows else []
+    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + " | s per step |", "|---|" + "---|" * (len(steps) + 1)]
+    for method, row in rows.items():
+        cells = [spread([c[i][2] for c in row["curves"]]) for i in range(len(steps))]
+        per_step = statistics.mean(r["wall_s"] for r in row["runs"]) / steps[-1]
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {per_step:.2f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(results: dict[str, dict], out: Path) -> None:
+    """Test accuracy against steps and against training seconds, one panel pair per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
+    for row_axes, (task, rows) in zip(axes, results.items()):
+        for method, row in rows.items():
+            for column, x_index, label in ((0, 0, "optimizer step"), (1, 1, "training seconds (this machine)")):
+                xs = [statistics.mean(c[i][x_index] for c in row["curves"]) for i in range(len(row["curves"][0]))]
+                ys = [statistics.mean(c[i][2] for c in row["curves"]) for i in range(len(row["curves"][0]))]
+                row_axes[column].plot(xs, ys, marker="o", label=method)
+                row_axes[column].set(xlabel=label, ylabel=f"{task} test accuracy (%)")
+        row_axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
 
 
 def main() -> None:
-    global REPORT_ONLY
     args = parse_args()
-    REPORT_ONLY = args.report_only
-    grids = dict(DEFAULT_LRS)
-    for item in args.lrs:
-        method, values = item.split("=", 1)
-        grids[method] = [float(v) for v in values.split(",")]
+    runner = Runner(args.report_only)
     started = time.perf_counter()
-    tasks = cut_splits(args.data, args.work, args.train_per_task, args.val_per_task, args.val_extra_per_task)
-    base_val = val_accuracy(args, args.model, args.work / "base", tasks)
-    rows: dict[str, dict] = {"base (untouched)": {"lr": f"- ({base_val:.1f}% / -)", "wall": "-", "params": "0",
-                                                 "scores": [test_scores(args, args.model, tasks, args.work / "base")]}}
-    chosen_runs, unfinished = [], []
-    for method in args.methods:
+    sections, results, unfinished, loss_runs = [], {}, [], []
+    for task in args.tasks:
+        bench = TaskBench(args, runner, BUDGETS[task])
+        base_dir = args.work / task / "base"
         try:
-            tried = {lr: train_run(args, method, lr, args.seeds[0]) for lr in grids[method]}
-            best, val_text = choose(args, tried, tasks)
+            base = (bench.val_acc("smollm2-135m", base_dir), bench.test_acc("smollm2-135m", base_dir))
         except Missing:
-            unfinished.append(f"{method} (learning-rate grid)")
+            unfinished.append(f"{task} base")
             continue
-        runs, scores = [], []
-        for seed in args.seeds:
-            try:
-                run = tried[best] if seed == args.seeds[0] else train_run(args, method, best, seed)
-                scores.append(test_scores(args, str(run["dir"]), tasks, run["dir"]))
-                runs.append(run)
-            except Missing:
-                unfinished.append(f"{method} seed {seed}")
-        if not runs:
-            continue
-        chosen_runs.append(runs[0]["dir"])
-        plan = runs[0]["plan"]
-        rows[f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"] = {
-            "lr": f"**{best:g}** ({val_text})", "scores": scores,
-            "wall": spread([r["wall_s"] for r in runs]),
-            "params": f"{runs[0]['trainable_per_booster']:,} per booster, {runs[0]['trainable_total']:,} in all"}
-    plot = args.doc.parent / "bench_quality_loss.png"
-    if not REPORT_ONLY:
-        cli("report", *map(str, chosen_runs), "--out", str(plot))
+        rows = method_rows(bench, args.methods, unfinished)
+        results[task] = rows
+        loss_runs += [str(row["runs"][0]["dir"]) for row in rows.values()]
+        budget = BUDGETS[task]
+        sections.append(f"{task_table(task.upper(), base, rows)}\n\nTest accuracy against steps ({CURVE_LIMIT} seeded test "
+                        f"questions per point, mean ± sd over seeds; budget {budget.steps} steps x batch {budget.batch}, "
+                        f"at most {budget.seq} tokens, {2 * budget.train} training / {2 * budget.val} validation records):"
+                        f"\n\n{curve_table(rows)}")
+    plot = args.doc.parent / "bench_quality_curves.png"
+    if results and any(results.values()):
+        plot_curves({task: rows for task, rows in results.items() if rows}, plot)
+    if loss_runs and not args.report_only:
+        runner.cli("report", *loss_runs, "--out", str(args.doc.parent / "bench_quality_loss.png"))
     command = "python scripts/bench_quality.py " + shlex.join(sys.argv[1:])
-    where = args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work
-    body = (f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s for this invocation; finished runs "
-            f"in `{where}` are reused; train wall is each run's own time, taken under varying load: not a speed comparison)\n\n"
-            f"Budget: {args.steps} optimizer steps x batch {args.batch} x at most {args.seq} tokens, "
-            f"{args.train_per_task} training and {val_questions(args)} validation records per task from the training files; "
-            f"seeds {' '.join(map(str, args.seeds))}; test accuracy (%) on a seeded subset of {args.limit} "
-            f"questions per test file, mean ± standard deviation over seeds. Learning rate per method: the best "
-            f"validation accuracy (label scoring, {val_questions(args)} held-out training questions per task; validation "
-            f"loss, the tie-break, on the first {args.val_per_task} of them) over the grid.\n\n"
-            + (f"Not finished when this table was written: {', '.join(unfinished)}.\n\n" if unfinished else "")
-            + "".join(f"Scoring `{s}`:\n\n{table(rows, tasks, s)}\n\n" for s in args.scoring)
-            + f"![training loss of the seed-{args.seeds[0]} runs]({plot.name})")
-    write_doc(args.doc, body)
+    body = (f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s for this invocation; finished runs in "
+            f"`runs/bench_quality` are reused). Accuracy in %, label scoring (`xgblora eval`'s default); test accuracy "
+            f"mean ± standard deviation over seeds {' '.join(map(str, args.seeds))}.\n\n"
+            + (f"Not finished when this was written: {', '.join(unfinished)}.\n\n" if unfinished else "")
+            + "\n\n".join(sections)
+            + f"\n\n![test accuracy against steps and seconds]({plot.name})\n\n![training loss, seed 0](bench_quality_loss.png)")
+    write_doc(args.doc, body, START, END)
+    (args.work / "summary.json").write_text(json.dumps(
+        {task: {m: {k: v for k, v in row.items() if k != "runs"} for m, row in rows.items()} for task, rows in results.items()},
+        indent=2, default=str))
     print(body)
 
 

@@ -22,33 +22,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def make_tokenizer(chat: bool = True):
-    """A byte-level BPE tokenizer (vocab 400) trained on the shipped ARC-Easy slice."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def make_tokenizer(chat: bool = True, bos: bool = False):
+    """A byte-level BPE tokenizer (vocab 400) trained on the shipped ARC-Easy slice.
+
+    ``bos``: like LLaMA-3's, it puts ``<s>`` in front of every sequence (its post-processor), and its chat
+    template writes ``<s>`` into the text itself.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     texts = [json.loads(line)["instruction"] for line in TRAIN_DATA.read_text().splitlines()[:200]]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + (["<s>"] if bos else [])
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    extra = {}
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+        extra = {"bos_token": "<s>"}
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", **extra)
     if chat:
-        fast.chat_template = CHATML
+        fast.chat_template = ("{{ bos_token }}" if bos else "") + CHATML
     return fast
 
 
-def save_tiny_model(folder: Path, layers: int = 4, chat: bool = True, seed: int = 0, hidden: int = 32) -> Path:
+def save_tiny_model(folder: Path, layers: int = 4, chat: bool = True, seed: int = 0, hidden: int = 32, bos: bool = False) -> Path:
     """A random LLaMA (``hidden`` wide, ``layers`` blocks) saved as a Hugging Face folder with its tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = make_tokenizer(chat)
+    tokenizer = make_tokenizer(chat, bos)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=64, num_hidden_layers=layers,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)

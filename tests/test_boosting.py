@@ -11,6 +11,7 @@ import torch
 from tests.conftest import TRAIN_DATA
 from xgblora_cli.boosting import BoostingEngine, booster_blocks, find_targets, trainable_per_booster
 from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.errors import UserError
 from xgblora_cli.loss import causal_lm_loss
 from xgblora_cli.models import BaseWeights, load_model, load_tokenizer
@@ -24,7 +25,7 @@ def build(model_dir: Path, k: int = 2, rank: int = 1, checkpointing: bool = Fals
     plan = BoosterPlan(rank=rank, alpha=2.0 * rank, layers_per_booster=k, steps_per_booster=3, num_boosters=4, num_layers=4)
     engine = BoostingEngine(model, plan, list(DEFAULT_TARGETS), 0, MergedWeights(BaseWeights(model_dir)), checkpointing)
     tokenizer = load_tokenizer(model_dir)
-    stream = BatchStream(tokenizer, load_records(str(TRAIN_DATA)), batch_size=2, max_len=48, seed=0, chat=True)
+    stream = BatchStream(tokenizer, load_records(str(TRAIN_DATA)), 2, PromptFormat("chat", (), 48), seed=0)
     return model, engine, stream
 
 

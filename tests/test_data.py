@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TRAIN_DATA, make_tokenizer
-from xgblora_cli.data import IGNORE, BatchStream, encode, load_records, render, uses_chat_template
+from xgblora_cli.data import BatchStream, load_records
 from xgblora_cli.errors import UserError
+from xgblora_cli.prompts import PromptFormat
 
 RECORD = {"instruction": "Name a colour.", "input": "Be brief.", "output": "Blue is a colour."}
 
@@ -50,42 +51,10 @@ def test_missing_file_is_not_sent_to_the_hub(tmp_path: Path) -> None:
         load_records(str(tmp_path / "nope.jsonl"))
 
 
-def test_chat_template_and_response_only_labels(tokenizer) -> None:
-    prompt, response = render(tokenizer, RECORD, chat=True)
-    assert prompt.startswith("<|im_start|>user\nName a colour.\n\nBe brief.<|im_end|>")
-    assert prompt.endswith("<|im_start|>assistant\n")
-    assert response == "Blue is a colour.<|im_end|>\n"
-    ids, labels = encode(tokenizer, prompt, response, max_len=512)
-    first = next(i for i, lab in enumerate(labels) if lab != IGNORE)
-    assert all(lab == IGNORE for lab in labels[:first])
-    assert labels[first:] == ids[first:]
-    assert tokenizer.decode(ids[first:]) == response
-
-
-def test_plain_template_when_the_tokenizer_has_none() -> None:
-    plain = make_tokenizer(chat=False)
-    assert not uses_chat_template(plain, "auto")
-    prompt, response = render(plain, RECORD, chat=False)
-    assert prompt == "### Instruction:\nName a colour.\n\n### Input:\nBe brief.\n\n### Response:\n"
-    assert response == "Blue is a colour.<|im_end|>"
-    with pytest.raises(UserError, match="prompt_template: 'chat' needs a tokenizer with a chat template"):
-        uses_chat_template(plain, "chat")
-
-
-def test_truncation_keeps_the_response_and_the_end_of_the_prompt(tokenizer) -> None:
-    long = {"instruction": "word " * 200 + "QUESTION END", "input": "", "output": "answer " * 50}
-    prompt, response = render(tokenizer, long, chat=True)
-    ids, labels = encode(tokenizer, prompt, response, max_len=64)
-    assert len(ids) == len(labels) == 64
-    n_response = sum(lab != IGNORE for lab in labels)
-    assert n_response == 32  # half the budget is kept for the response
-    assert "assistant" in tokenizer.decode(ids[:32])  # the prompt's end survives
-
-
 def test_order_is_seeded_by_epoch_and_resumable(tokenizer) -> None:
     records = load_records(str(TRAIN_DATA))[:10]
-    a = BatchStream(tokenizer, records, batch_size=3, max_len=64, seed=1, chat=True)
-    b = BatchStream(tokenizer, records, batch_size=3, max_len=64, seed=1, chat=True)
+    a = BatchStream(tokenizer, records, 3, PromptFormat("chat", (), 64), seed=1)
+    b = BatchStream(tokenizer, records, 3, PromptFormat("chat", (), 64), seed=1)
     later = b.batch(7)  # a resumed run asks for micro-batch 7 first
     for m in range(8):
         batch = a.batch(m)

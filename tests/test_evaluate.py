@@ -12,9 +12,12 @@ from xgblora_cli.errors import UserError
 from xgblora_cli.evaluate import EvalSettings, evaluate, subset
 from xgblora_cli.export import merge_run
 from xgblora_cli.recipe import recipe_from_dict
+from xgblora_cli.record import boosters_at
+from xgblora_cli.rundir import RunDir
 from xgblora_cli.train import start_run
 
 ARC_TEST = ROOT / "data" / "arc_easy_test_200.jsonl"
+SST2_DEV = ROOT / "data" / "sst2_dev.tsv"
 
 
 def test_subset_is_fixed_and_seeded() -> None:
@@ -25,7 +28,7 @@ def test_subset_is_fixed_and_seeded() -> None:
 def test_settings_are_checked() -> None:
     with pytest.raises(UserError, match="unknown task 'mmlu2'; allowed: mmlu, boolq"):
         EvalSettings(tasks=["mmlu2"])
-    with pytest.raises(UserError, match="--scoring: must be one of loglik, label, generate"):
+    with pytest.raises(UserError, match="--scoring: must be one of label, loglik, generate"):
         EvalSettings(tasks=["mmlu"], scoring="vibes")
 
 
@@ -62,7 +65,7 @@ def test_cli_errors_are_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
 
 
 def test_real_smollm2_scores_above_chance_on_arc_easy(smol_dir: Path) -> None:
-    results = evaluate("smollm2-135m", EvalSettings(tasks=["arc_easy"], data=str(ARC_TEST), limit=80))
+    results = evaluate("smollm2-135m", EvalSettings(tasks=["arc_easy"], data=str(ARC_TEST), limit=80, scoring="loglik"))
     arc = results["tasks"]["arc_easy"]
     assert arc["n"] == 80 and arc["chance"] == pytest.approx(0.25)
     assert arc["accuracy"] > 0.40, arc  # measured: 0.52 on all 200 (chance 0.25)
@@ -73,3 +76,53 @@ def test_generate_protocol_counts_unparsed_answers(tiny_model_dir: Path) -> None
     arc = results["tasks"]["arc_easy"]
     assert arc["n"] == 4 and 0 <= arc["unparsed"] <= 4
     assert arc["correct"] <= arc["n"] - arc["unparsed"]  # an unparsed answer is never counted correct
+
+
+def test_command_line_options_override_the_recipe_eval_block(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """--shots 0 and --limit win over the block (a 0 used to be lost to `or`); --task replaces the block."""
+    from xgblora_cli.evaluate import eval_settings
+
+    fields = tiny_recipe(tmp_path, tiny_model_dir, train={"max_steps": 2}, steps_per_booster=2,
+                         eval={"tasks": ["mmlu"], "data": str(ARC_TEST), "limit": 50, "shots": 3, "scoring": "loglik"})
+    run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    block = eval_settings(str(run_dir), {"tasks": None, "data": None, "limit": None, "shots": None, "scoring": None})
+    assert (block.tasks, block.limit, block.shots, block.scoring) == (["mmlu"], 50, 3, "loglik")
+    given = eval_settings(str(run_dir), {"tasks": None, "data": None, "limit": 7, "shots": 0, "scoring": "label"})
+    assert (given.tasks, given.data, given.limit, given.shots, given.scoring) == (["mmlu"], str(ARC_TEST), 7, 0, "label")
+    other = eval_settings(str(run_dir), {"tasks": ["sst2"], "data": None, "limit": None, "shots": None, "scoring": None})
+    assert (other.tasks, other.data, other.limit, other.shots, other.scoring) == (["sst2"], None, None, 0, "label")
+
+
+def test_a_run_is_scored_in_the_prompt_format_it_was_trained_with(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A run trained with `plain` and max_seq_len 48 is evaluated with both, though its tokenizer has a chat template;
+    its merged folder too; a base model gets its tokenizer's own (chat) format."""
+    fields = tiny_recipe(tmp_path, tiny_model_dir, prompt_template="plain", train={"max_steps": 2, "max_seq_len": 48},
+                         steps_per_booster=2)
+    run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    settings = EvalSettings(tasks=["sst2"], data=str(SST2_DEV), limit=4)
+    run_result = evaluate(str(run_dir), settings)
+    assert run_result["prompt_format"] == {"template": "plain", "bos": [], "max_len": 48}
+    merge_run(run_dir, tmp_path / "merged")
+    assert evaluate(str(tmp_path / "merged"), settings)["prompt_format"]["template"] == "plain"
+    assert evaluate(str(tiny_model_dir), settings)["prompt_format"]["template"] == "chat"
+    forced = evaluate(str(run_dir), EvalSettings(tasks=["sst2"], data=str(SST2_DEV), limit=4, template="chat"))
+    assert forced["prompt_format"] == {"template": "chat", "bos": [], "max_len": 48}
+
+
+def test_snapshots_replay_a_run_as_it_was_after_step_n(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """snapshot_every keeps the record's length and the booster in flight; the last snapshot is the whole run,
+    an earlier one is the run part-way (a booster in flight included), and a missing step is a one-line error."""
+    fields = tiny_recipe(tmp_path, tiny_model_dir, train={"snapshot_every": 4})  # 8 steps, boosters of 3
+    run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    assert RunDir(run_dir).snapshot_steps() == [4, 8]
+    merged, in_flight = RunDir(run_dir).load_snapshot(4)
+    assert merged == 1 and len(in_flight) > 0  # booster 0 merged at step 3, booster 1 one step in
+    assert boosters_at(run_dir, 8)[-1].index == 2 and len(boosters_at(run_dir, 8)) == 3
+    settings = dict(tasks=["perplexity"], data=str(ARC_TEST), limit=6)
+    whole = evaluate(str(run_dir), EvalSettings(**settings))["tasks"]["perplexity"]["perplexity"]
+    last = evaluate(str(run_dir), EvalSettings(**settings, step=8))["tasks"]["perplexity"]["perplexity"]
+    middle = evaluate(str(run_dir), EvalSettings(**settings, step=4))["tasks"]["perplexity"]["perplexity"]
+    assert last == pytest.approx(whole, rel=1e-6) and middle != pytest.approx(whole, rel=1e-4)
+    assert (run_dir / "eval" / "results_step4.json").is_file()
+    with pytest.raises(UserError, match="has no snapshot of step 5; it has steps 4, 8"):
+        evaluate(str(run_dir), EvalSettings(**settings, step=5))

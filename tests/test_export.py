@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from tests.conftest import TRAIN_DATA, tiny_recipe
 from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
 from xgblora_cli.models import load_tokenizer
@@ -51,7 +52,7 @@ def test_merged_folder_loads_and_matches_the_trained_model(trained, tmp_path: Pa
     merge_run(run_dir, out)
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
-    batch = BatchStream(load_tokenizer(out), load_records(str(TRAIN_DATA)), 2, 64, 0, chat=True).batch(0)
+    batch = BatchStream(load_tokenizer(out), load_records(str(TRAIN_DATA)), 2, PromptFormat("chat", (), 64), 0).batch(0)
     with torch.no_grad():
         ours = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         theirs = loaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

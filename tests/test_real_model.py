@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import ROOT, TRAIN_DATA, run_cli, write_recipe
 from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.models import load_model, load_tokenizer
 from xgblora_cli.record import Record
 
@@ -40,7 +41,7 @@ def test_short_run_on_smollm2_then_merge_matches(tmp_path: Path, smol_dir: Path)
     assert result.returncode == 0, result.stderr
     merged = AutoModelForCausalLM.from_pretrained(out)
     base = load_model(smol_dir, "float32")
-    batch = BatchStream(load_tokenizer(out), load_records(str(TRAIN_DATA)), 2, 64, 0, chat=True).batch(0)
+    batch = BatchStream(load_tokenizer(out), load_records(str(TRAIN_DATA)), 2, PromptFormat("chat", (), 64), 0).batch(0)
     with torch.no_grad():
         base_logits = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         merged_logits = merged(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

@@ -139,30 +139,29 @@ def merge(
 @user_errors
 def eval_command(
     target: str = typer.Argument(..., help="a run directory, a merged folder, or any model spec (alias, .gguf, folder, hub id)"),
-    task: Optional[list[str]] = typer.Option(None, "--task", help="mmlu, boolq, piqa, siqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, perplexity"),
-    data: Optional[str] = typer.Option(None, "--data", help="local data: a file, or a folder laid out like shared/data"),
+    task: Optional[list[str]] = typer.Option(None, "--task", help="mmlu, boolq, piqa, siqa, hellaswag, winogrande, arc_easy, arc_challenge, openbookqa, sst2, rte, choice, perplexity"),
+    data: Optional[str] = typer.Option(None, "--data", help="local data: a file, or a folder laid out like shared/data (glue/, commonsense/, mmlu/)"),
     limit: Optional[int] = typer.Option(None, "--limit", help="score a fixed, seeded subset of N questions per task"),
     batch_size: int = typer.Option(8, "--batch-size", help="questions per forward pass"),
-    shots: int = typer.Option(0, "--shots", help="MMLU: worked examples from the dev split (0-5)"),
-    scoring: str = typer.Option("loglik", "--scoring", help="loglik: option texts (default); label: answers in the training format; generate: LLM-Adapters protocol"),
+    shots: Optional[int] = typer.Option(None, "--shots", help="MMLU: worked examples from the dev split (0-5)"),
+    scoring: Optional[str] = typer.Option(None, "--scoring", help="label (default): answers in the training format after the prompt; loglik: option texts after a plain context; generate: LLM-Adapters protocol"),
+    template: Optional[str] = typer.Option(None, "--template", help="auto | chat | plain: override the prompt template (default: a run's own, else auto)"),
+    step: Optional[int] = typer.Option(None, "--step", help="a run as it was after step N (a snapshot kept by train.snapshot_every)"),
     output: Optional[Path] = typer.Option(None, "--output", help="write the results JSON here"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run a hub model's own Python code (a run uses its recipe's setting)"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="accept a folder with only pickle (.bin/.pt) weights; converted once to safetensors"),
 ) -> None:
-    """Score a model on MMLU, the commonsense tasks or perplexity."""
-    from xgblora_cli.evaluate import EvalSettings, evaluate, results_table
+    """Score a model on MMLU, commonsense, GLUE or your own labelled data, or its perplexity.
+
+    A run directory without --task runs its recipe's eval: block; options given here override that block's keys.
+    """
+    from xgblora_cli.evaluate import eval_settings, evaluate, results_table
     from xgblora_cli.fsutil import atomic_write_text
 
-    if not task:  # a run's recipe may name its eval in an `eval:` block
-        from xgblora_cli.rundir import RunDir
-
-        run = RunDir(target)
-        if run.is_run():
-            block = run.recipe().eval
-            task, data, limit, shots = block.tasks, data or block.data or None, limit or block.limit, shots or block.shots
-    settings = EvalSettings(tasks=list(task or []), data=data, limit=limit, batch_size=batch_size, shots=shots, scoring=scoring,
-                            device=device, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    given = {"tasks": task or None, "data": data, "limit": limit, "shots": shots, "scoring": scoring}
+    settings = eval_settings(target, given, batch_size=batch_size, template=template, step=step, device=device,
+                             trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if output is not None and output.is_dir():
         raise UserError(f"--output {output}: is a folder; give a file name such as results.json")
     results = evaluate(target, settings, console)

@@ -1,8 +1,10 @@
 """``xgblora eval``: score a base model, a run directory (base + record, in memory) or a merged folder on tasks.
 
-Tasks: ``mmlu`` (by category), the eight LLM-Adapters commonsense sets, and ``perplexity`` on a
-training-format dataset. Results are a JSON-ready dict with per-task (and per-category) scores, counts,
-skips and the exact settings; evaluating a run directory also writes them into ``<run>/eval/``.
+Tasks: ``mmlu`` (by category), the eight LLM-Adapters commonsense sets, GLUE ``sst2`` and ``rte``, ``choice``
+(a user's own labelled file) and ``perplexity`` on a training-format dataset. A run directory or a merged
+folder is scored in the prompt format it was trained with (template, BOS, length: read from the run); a base
+model in its tokenizer's own (``auto``). Results are a JSON-ready dict with per-task (and per-category) scores,
+counts, skips and the exact settings; evaluating a run directory also writes them into ``<run>/eval/``.
 """
 
 from __future__ import annotations
@@ -19,33 +21,44 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import nn
 
-from xgblora_cli.data import collate, encode, load_records, render, uses_chat_template
+from xgblora_cli.data import collate, load_records
 from xgblora_cli.errors import UserError
 from xgblora_cli.fsutil import atomic_write_text
 from xgblora_cli.loss import causal_lm_loss
 from xgblora_cli.models import BaseWeights, load_model, load_tokenizer, pick_device, resolve_model_dir
-from xgblora_cli.record import Record, apply_record
+from xgblora_cli.record import apply_record, boosters_at
 from xgblora_cli.rundir import RunDir
 from xgblora_cli.scoring import model_device, score_generate, score_loglik
-from xgblora_cli.tasks import Loaded, commonsense, mmlu
+from xgblora_cli.prompts import TEMPLATES, PromptFormat
+from xgblora_cli.recipe import SCORINGS
+from xgblora_cli.tasks import Loaded, choice, commonsense, glue, mmlu
 
-TASKS = ["mmlu", *commonsense.FOLDERS, "perplexity"]
-SCORINGS = ("loglik", "label", "generate")
+TASKS = ["mmlu", *commonsense.FOLDERS, *glue.GLUE, "choice", "perplexity"]
+SCORING_TEXT = {
+    "label": "label: each answer in the training data's format (e.g. 'the correct answer is positive') after the prompt",
+    "loglik": "loglik: each option's text after a plain 'Question: ... Answer:' context (lm-evaluation-harness)",
+    "generate": "generate: greedy generation after the prompt, then the first answer label in the text (LLM-Adapters)",
+}
+BASE_MAX_LEN = 2048  # tokens per scored sequence for a base model (a run uses its own train.max_seq_len)
 
 
 @dataclass
 class EvalSettings:
+    """What ``xgblora eval`` does: the recipe's ``eval:`` block (for a run) with the command line's options over it."""
+
     tasks: list[str]
     data: str | None = None
     limit: int | None = None
     batch_size: int = 8
     shots: int = 0
-    scoring: str = "loglik"
+    scoring: str = "label"
     seed: int = 0
     dtype: str | None = None
     device: str = "auto"
     trust_remote_code: bool = False
     allow_pickle: bool = False
+    template: str | None = None  # None: the target's own (a run's or merged folder's; auto for a base model)
+    step: int | None = None  # a run at a kept snapshot (train.snapshot_every) instead of its end
 
     def __post_init__(self) -> None:
         unknown = [t for t in self.tasks if t not in TASKS]
@@ -59,12 +72,29 @@ class EvalSettings:
             raise UserError("--batch-size must be >= 1 and --shots in 0..5 (MMLU's dev split has 5 per subject)")
         if self.data is not None and not Path(self.data).exists():
             raise UserError(f"--data {self.data}: not found")
+        if self.template is not None and self.template not in TEMPLATES:
+            raise UserError(f"--template: must be one of {', '.join(TEMPLATES)}, got {self.template!r}")
 
 
-def load_target(target: str, settings: EvalSettings) -> tuple[nn.Module, object, dict]:
-    """Model, tokenizer and a description of ``target`` (run directory, merged folder, or any model spec).
+def eval_settings(target: str, given: dict, **runtime) -> EvalSettings:
+    """Settings for ``target``: without ``tasks`` in ``given``, a run's ``eval:`` block (tasks, data, limit,
+    shots, scoring), each key overridden by the command line's value where ``given`` has one (None = not given,
+    so ``--shots 0`` wins over the block); with ``tasks``, the command line alone. ``runtime``: the other flags."""
+    block: dict = {}
+    run = RunDir(target)
+    if not given.get("tasks") and run.is_run():
+        block = asdict(run.recipe().eval)
+        block["data"] = block["data"] or None
+    chosen = {**block, **{key: value for key, value in given.items() if value is not None}}
+    return EvalSettings(tasks=list(chosen.pop("tasks", None) or []), **chosen, **runtime)
 
-    A run directory is loaded with its own recipe's ``trust_remote_code``; other targets with the settings'.
+
+def load_target(target: str, settings: EvalSettings) -> tuple[nn.Module, object, dict, PromptFormat]:
+    """Model, tokenizer, a description of ``target`` and the prompt format to score it in.
+
+    A run directory is its base + record, loaded with its own recipe's code trust and quantization, scored in
+    the prompt format stored with the run; a merged folder in the one its merge recorded; anything else in
+    its tokenizer's own (``auto``). ``settings.template`` overrides the template of any of them.
     """
     device = pick_device(settings.device)
     run = RunDir(target)
@@ -73,12 +103,31 @@ def load_target(target: str, settings: EvalSettings) -> tuple[nn.Module, object,
         recipe = run.recipe()  # evaluated as trained: same code trust and quantization
         remote = recipe.trust_remote_code
         model = load_model(base_dir, settings.dtype or run.info().get("dtype", "float32"), device, remote, recipe.quantization)
-        boosters = Record(run.path).load()
+        boosters = boosters_at(run.path, settings.step)
         apply_record(model, BaseWeights(base_dir), boosters)
-        return model, load_tokenizer(base_dir, remote), {"kind": "run", "path": str(run.path), "boosters": len(boosters)}
-    model_dir = resolve_model_dir(target, settings.allow_pickle, settings.trust_remote_code)
-    model = load_model(model_dir, settings.dtype or "float32", device, settings.trust_remote_code)
-    return model, load_tokenizer(model_dir, settings.trust_remote_code), {"kind": "model", "path": str(model_dir)}
+        tokenizer = load_tokenizer(base_dir, remote)
+        fmt = run.prompt_format(tokenizer)
+        described = {"kind": "run", "path": str(run.path), "boosters": len(boosters), "step": settings.step}
+    else:
+        if settings.step is not None:
+            raise UserError(f"--step: {target} is not a run directory; only a run keeps snapshots")
+        model_dir = resolve_model_dir(target, settings.allow_pickle, settings.trust_remote_code)
+        model = load_model(model_dir, settings.dtype or "float32", device, settings.trust_remote_code)
+        tokenizer = load_tokenizer(model_dir, settings.trust_remote_code)
+        fmt = merged_format(model_dir) or PromptFormat.resolve(tokenizer, "auto", BASE_MAX_LEN)
+        described = {"kind": "model", "path": str(model_dir)}
+    if settings.template is not None:
+        fmt = PromptFormat.resolve(tokenizer, settings.template, fmt.max_len)
+    return model, tokenizer, described, fmt
+
+
+def merged_format(model_dir: Path) -> PromptFormat | None:
+    """The prompt format a merged folder's run was trained with (from ``xgblora_merge.json``), if it says."""
+    summary = Path(model_dir) / "xgblora_merge.json"
+    if not summary.is_file():
+        return None
+    stored = json.loads(summary.read_text()).get("prompt_format")
+    return PromptFormat.from_dict(stored) if stored else None
 
 
 def subset(n: int, limit: int | None, seed: int) -> list[int]:
@@ -90,7 +139,13 @@ def subset(n: int, limit: int | None, seed: int) -> list[int]:
 
 def _load(task: str, settings: EvalSettings) -> Loaded:
     data = Path(settings.data) if settings.data else None
-    return mmlu.load(data, settings.shots) if task == "mmlu" else commonsense.load(task, data)
+    if task == "mmlu":
+        return mmlu.load(data, settings.shots)
+    if task in glue.GLUE:
+        return glue.load(task, data)
+    if task == "choice":
+        return choice.load(data)
+    return commonsense.load(task, data)
 
 
 def _progress(console: Console) -> Progress:
@@ -98,21 +153,22 @@ def _progress(console: Console) -> Progress:
                     TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
 
 
-def run_choice_task(model, tokenizer, task: str, settings: EvalSettings, console: Console) -> dict:
+def run_choice_task(model, tokenizer, task: str, settings: EvalSettings, fmt: PromptFormat, console: Console) -> dict:
     loaded = _load(task, settings)
     questions = [loaded.questions[i] for i in subset(len(loaded.questions), settings.limit, settings.seed)]
     if not questions:
         raise UserError(f"task '{task}': no question could be scored ({loaded.skipped} skipped: {'; '.join(loaded.skip_reasons)})")
-    chat = uses_chat_template(tokenizer, "auto")
+    if loaded.skipped:
+        console.print(f"{task}: {loaded.skipped} records skipped (not scored), first: {'; '.join(loaded.skip_reasons)}", highlight=False)
     picks: list[int] = []
     with _progress(console) as bar:
         job = bar.add_task(task, total=len(questions))
         for start in range(0, len(questions), settings.batch_size):
             chunk = questions[start : start + settings.batch_size]
             if settings.scoring == "generate":
-                picks += score_generate(model, tokenizer, chunk, chat)
+                picks += score_generate(model, tokenizer, chunk, fmt)
             else:
-                picks += score_loglik(model, tokenizer, chunk, chat, labels=settings.scoring == "label")
+                picks += score_loglik(model, tokenizer, chunk, fmt, labels=settings.scoring == "label")
             bar.advance(job, len(chunk))
     correct = [pick == q.answer for pick, q in zip(picks, questions)]
     result = {"accuracy": sum(correct) / len(correct), "n": len(correct), "correct": sum(correct),
@@ -126,18 +182,17 @@ def run_choice_task(model, tokenizer, task: str, settings: EvalSettings, console
     return result
 
 
-def run_perplexity(model, tokenizer, settings: EvalSettings, console: Console) -> dict:
+def run_perplexity(model, tokenizer, settings: EvalSettings, fmt: PromptFormat, console: Console) -> dict:
     if not settings.data:
         raise UserError("task 'perplexity': give --data, a training-format .json/.jsonl file or a hub dataset")
     records = load_records(settings.data)
     chosen = [records[i] for i in subset(len(records), settings.limit, settings.seed)]
-    chat = uses_chat_template(tokenizer, "auto")
     total_nll, total_tokens = 0.0, 0
     model.eval()
     with torch.no_grad(), _progress(console) as bar:
         job = bar.add_task("perplexity", total=len(chosen))
         for start in range(0, len(chosen), settings.batch_size):
-            items = [encode(tokenizer, *render(tokenizer, r, chat), 1024) for r in chosen[start : start + settings.batch_size]]
+            items = [fmt.encode(tokenizer, *fmt.render(tokenizer, r)) for r in chosen[start : start + settings.batch_size]]
             batch = collate(items, tokenizer.pad_token_id).to(model_device(model))
             loss, count = causal_lm_loss(model, batch)
             total_nll += float(loss) * count
@@ -150,17 +205,22 @@ def run_perplexity(model, tokenizer, settings: EvalSettings, console: Console) -
 def evaluate(target: str, settings: EvalSettings, console: Console | None = None) -> dict:
     """Score ``target`` on every task of ``settings``; returns the results dict (also written into a run)."""
     console = console or Console(stderr=True)
-    model, tokenizer, described = load_target(target, settings)
+    model, tokenizer, described, fmt = load_target(target, settings)
     model.eval()
+    source = "the run's own" if described["kind"] == "run" else "as given" if settings.template else "the target's"
+    console.print(f"prompt format ({source}): {fmt.describe()}", highlight=False)
+    if any(task != "perplexity" for task in settings.tasks):
+        console.print(f"scoring {SCORING_TEXT[settings.scoring]}", highlight=False)
     tasks = {}
     for task in settings.tasks:
         if task == "perplexity":
-            tasks[task] = run_perplexity(model, tokenizer, settings, console)
+            tasks[task] = run_perplexity(model, tokenizer, settings, fmt, console)
         else:
-            tasks[task] = run_choice_task(model, tokenizer, task, settings, console)
-    results = {"target": described, "settings": asdict(settings), "tasks": tasks}
+            tasks[task] = run_choice_task(model, tokenizer, task, settings, fmt, console)
+    results = {"target": described, "settings": asdict(settings), "prompt_format": fmt.to_dict(), "tasks": tasks}
     if described["kind"] == "run":
-        atomic_write_text(Path(target) / "eval" / "results.json", json.dumps(results, indent=2) + "\n")
+        name = "results.json" if settings.step is None else f"results_step{settings.step}.json"
+        atomic_write_text(Path(target) / "eval" / name, json.dumps(results, indent=2) + "\n")
     return results
 
 

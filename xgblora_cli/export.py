@@ -52,7 +52,8 @@ def merge_run(run_dir: Path, out: Path, force: bool = False, dtype: str | None =
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         summary = {"run": str(run.path), "base": str(base_dir), "boosters": len(boosters),
-                   "touched_weights": sorted(merged.factors), "dtype": dtype}
+                   "touched_weights": sorted(merged.factors), "dtype": dtype,
+                   "prompt_format": run.prompt_format(tokenizer).to_dict()}  # eval of the folder scores it as trained
         (tmp / "xgblora_merge.json").write_text(json.dumps(summary, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)

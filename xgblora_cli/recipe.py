@@ -24,10 +24,11 @@ from typing import Any, Union
 import yaml
 
 from xgblora_cli.errors import UserError
+from xgblora_cli.prompts import TEMPLATES
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DTYPES = ("float32", "bfloat16", "float16")
-TEMPLATES = ("auto", "chat", "plain")
+SCORINGS = ("label", "loglik", "generate")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -87,13 +88,14 @@ class TrainArgs:
     max_seq_len: int = 512
     gradient_checkpointing: bool = False
     checkpoint_every: int = 25
+    snapshot_every: int = 0  # 0: none; else keep the state every N steps for `eval/merge --step N` (learning curves)
     log_every: int = 1
     max_failed_boosters: int = 3
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "checkpoint_every", "log_every", "max_failed_boosters"):
             _require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_steps", "rewarmup_steps"):
+        for key in ("warmup_steps", "rewarmup_steps", "snapshot_every"):
             _require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
         _require(self.learning_rate is None or self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
@@ -110,10 +112,12 @@ class EvalArgs:
     data: str = ""
     limit: int | None = None
     shots: int = 0
+    scoring: str = "label"
 
     def __post_init__(self) -> None:
         _require(self.limit is None or self.limit >= 1, "eval.limit", f"must be >= 1, got {self.limit}")
         _require(0 <= self.shots <= 5, "eval.shots", f"must be in 0..5, got {self.shots}")
+        _require(self.scoring in SCORINGS, "eval.scoring", f"must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from xgblora_cli.errors import UserError, first_line
 from xgblora_cli.fsutil import atomic_write_bytes, atomic_write_text
 from xgblora_cli.models import BaseWeights
 from xgblora_cli.quantized import is_quantized, linear_shape, set_merged
+from xgblora_cli.rundir import RunDir
 
 INDEX = "index.jsonl"
 
@@ -148,6 +149,21 @@ class MergedWeights:
                     continue
                 param = params[name]
                 param.copy_(self.exact(name).to(device=param.device, dtype=param.dtype))
+
+
+def boosters_at(run_dir: Path, step: int | None = None) -> list[Booster]:
+    """The boosters that make up a run's model: the whole record, or (``step``) its state at a kept snapshot,
+    the booster then in flight included as a last booster."""
+    boosters = Record(run_dir).load()
+    if step is None:
+        return boosters
+    merged, in_flight = RunDir(run_dir).load_snapshot(step)
+    if merged > len(boosters):
+        raise UserError(f"{run_dir}: the snapshot of step {step} needs {merged} recorded boosters, the record has {len(boosters)}; the run directory is corrupt")
+    boosters = boosters[:merged]
+    if in_flight:
+        boosters.append(Booster(boosters[-1].index + 1 if boosters else 0, [], in_flight))
+    return boosters
 
 
 def apply_record(model: nn.Module, base: BaseWeights, boosters: list[Booster]) -> MergedWeights:

@@ -3,10 +3,11 @@
 ```
 runs/<name>/
   recipe.yaml              the resolved recipe (what --resume, merge and eval read back)
-  run.json                 base model folder, plan, status (running | complete)
+  run.json                 base model folder, plan, prompt format, status (running | complete)
   metrics.jsonl            one line per logged step: step, loss, lr, booster, tokens_per_s
   boosters/                the append-only record of merged boosters (see record.py)
   checkpoint.safetensors   the booster in flight, its optimizer moments, RNG state, data position
+  snapshots/               with train.snapshot_every: step_NNNNNN.safetensors, the state at that step
 ```
 """
 
@@ -23,6 +24,7 @@ from xgblora_cli.errors import UserError
 from xgblora_cli.fsutil import append_line, atomic_write_bytes, atomic_write_text
 
 CHECKPOINT = "checkpoint.safetensors"
+SNAPSHOTS = "snapshots"
 
 
 @dataclass
@@ -92,6 +94,16 @@ class RunDir:
 
         return load_recipe(self.recipe_file)
 
+    def prompt_format(self, tokenizer):  # -> PromptFormat
+        """The prompt format the run trains with (stored in ``run.json``; older runs: resolved from the recipe)."""
+        from xgblora_cli.prompts import PromptFormat
+
+        stored = self.info().get("prompt_format")
+        if stored:
+            return PromptFormat.from_dict(stored)
+        recipe = self.recipe()
+        return PromptFormat.resolve(tokenizer, recipe.prompt_template, recipe.train.max_seq_len)
+
     def write_info(self, info: dict) -> None:
         atomic_write_text(self.path / "run.json", json.dumps(info, indent=2) + "\n")
 
@@ -159,3 +171,34 @@ class RunDir:
         optimizer = {"state": state, "param_groups": meta["param_groups"]}
         return Checkpoint(meta["step"], meta["merged"], meta["booster"], adapters, optimizer, tensors["rng"],
                           meta.get("attempt", 0), meta.get("failures", 0))
+
+    def save_snapshot(self, step: int, merged: int, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep the state after ``step``: ``merged`` boosters of the record plus the booster in flight's factors
+        ``{weight name: (U (d_out, r), V (r, d_in))}`` (empty between boosters)."""
+        from safetensors.torch import save
+
+        tensors = {f"{name}::{part}": t.contiguous() for name, (u, v) in factors.items() for part, t in (("U", u), ("V", v))}
+        meta = {"xgblora": json.dumps({"step": step, "merged": merged})}
+        atomic_write_bytes(self.path / SNAPSHOTS / f"step_{step:06d}.safetensors", save(tensors, metadata=meta))
+
+    def snapshot_steps(self) -> list[int]:
+        folder = self.path / SNAPSHOTS
+        return sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.safetensors")) if folder.is_dir() else []
+
+    def load_snapshot(self, step: int) -> tuple[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """(boosters of the record merged by ``step``, the in-flight booster's factors) of a kept snapshot."""
+        from safetensors import safe_open
+
+        path = self.path / SNAPSHOTS / f"step_{step:06d}.safetensors"
+        if not path.is_file():
+            kept = self.snapshot_steps()
+            have = f"it has steps {', '.join(map(str, kept))}" if kept else "it kept none (set train.snapshot_every)"
+            raise UserError(f"--step {step}: {self.path} has no snapshot of step {step}; {have}")
+        try:
+            with safe_open(path, framework="pt") as handle:
+                merged = json.loads(handle.metadata()["xgblora"])["merged"]
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+        except Exception as err:
+            raise UserError(f"{path}: snapshot unreadable ({err}); the run directory is corrupt") from None
+        names = sorted({key.rsplit("::", 1)[0] for key in tensors})
+        return merged, {name: (tensors[f"{name}::U"], tensors[f"{name}::V"]) for name in names}

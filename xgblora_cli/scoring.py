@@ -8,20 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xgblora_cli.data import PLAIN_PROMPT
+from xgblora_cli.data import pad_right
+from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.tasks import Question
-
-
-def context_text(tokenizer, question: Question, chat: bool) -> str:
-    """The text before the answer: worked examples (k-shot) as earlier turns, then the question."""
-    if chat:
-        messages = []
-        for prompt, answer in question.shots:
-            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
-        messages.append({"role": "user", "content": question.prompt})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    plain = lambda prompt: PLAIN_PROMPT.format(instruction=prompt, input_block="")  # noqa: E731
-    return "".join(plain(p) + a + "\n\n" for p, a in question.shots) + plain(question.prompt)
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -32,13 +21,10 @@ def model_device(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def continuation_logprobs(model: nn.Module, pairs: list[tuple[list[int], list[int]]], pad_id: int) -> list[float]:
     """Summed log-probability of each continuation given its context; pairs of (context ids, continuation ids)."""
-    width = max(len(c) + len(x) for c, x in pairs)
-    ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
+    ids, mask = pad_right([ctx + cont for ctx, cont in pairs], pad_id)
+    width = ids.shape[1]
     target = torch.zeros_like(ids, dtype=torch.bool)
     for row, (ctx, cont) in enumerate(pairs):
-        ids[row, : len(ctx) + len(cont)] = torch.tensor(ctx + cont)
-        mask[row, : len(ctx) + len(cont)] = 1
         target[row, len(ctx) : len(ctx) + len(cont)] = True
     device = model_device(model)
     ids, mask, target = ids.to(device), mask.to(device), target.to(device)
@@ -53,12 +39,7 @@ def continuation_logprobs(model: nn.Module, pairs: list[tuple[list[int], list[in
 @torch.no_grad()
 def last_position_logprobs(model: nn.Module, contexts: list[list[int]], pad_id: int) -> torch.Tensor:
     """Log-probabilities of the token after each context, shape (len(contexts), vocab)."""
-    width = max(len(ctx) for ctx in contexts)
-    ids = torch.full((len(contexts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, ctx in enumerate(contexts):
-        ids[row, : len(ctx)] = torch.tensor(ctx)
-        mask[row, : len(ctx)] = 1
+    ids, mask = pad_right(contexts, pad_id)
     device = model_device(model)
     hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
     last = hidden[torch.arange(len(contexts), device=device), mask.to(device).sum(1) - 1]  # (n, d)
@@ -79,18 +60,28 @@ def fold_common_prefix(context: list[int], continuations: list[list[int]]) -> tu
     return context + continuations[0][:shared], [c[shared:] for c in continuations]
 
 
-def score_loglik(model: nn.Module, tokenizer, questions: list[Question], chat: bool, labels: bool = False) -> list[int]:
+def context_ids(tokenizer, question: Question, fmt: PromptFormat, labels: bool, reserve: int) -> list[int]:
+    """The ids before the answer, cut from the left to leave ``reserve`` tokens of ``fmt.max_len`` for it.
+
+    ``labels``: the question in the run's prompt format (worked examples as earlier turns), as it was trained;
+    else the plain ``Question: ... Answer:`` context of lm-evaluation-harness. Either gets the BOS once.
+    """
+    text = fmt.prompt_text(tokenizer, question.prompt, question.shots) if labels else question.context
+    return fmt.truncate_left(fmt.ids(tokenizer, text), max(fmt.max_len - reserve, 1))
+
+
+def score_loglik(model: nn.Module, tokenizer, questions: list[Question], fmt: PromptFormat, labels: bool = True) -> list[int]:
     """The index of the most likely answer for each question (all answers scored in one batch), by summed
-    log-probability; a prefix all of a question's answers share is scored once, as context. Default: each
-    option after the plain ``context`` (lm-evaluation-harness style). ``labels=True``: each candidate in the
-    training data's answer format, after the (chat) prompt.
+    log-probability; a prefix all of a question's answers share is scored once, as context. ``labels=True``
+    (``--scoring label``): each candidate in the training data's answer format after the prompt in ``fmt``.
+    ``labels=False`` (``--scoring loglik``): each option's text after the plain context, lm-evaluation-harness style.
     """
     pairs, owners = [], []
     for q_index, question in enumerate(questions):
-        text = context_text(tokenizer, question, chat) if labels else question.context
         answers = question.candidates if labels else question.options
         answers = [tokenizer(answer, add_special_tokens=False)["input_ids"] for answer in answers]
-        ctx, continuations = fold_common_prefix(tokenizer(text, add_special_tokens=False)["input_ids"], answers)
+        ctx = context_ids(tokenizer, question, fmt, labels, max(len(a) for a in answers))
+        ctx, continuations = fold_common_prefix(ctx, answers)
         pairs += [(ctx, cont) for cont in continuations]
         owners += [q_index] * len(continuations)
     if all(len(cont) == 1 for _, cont in pairs):  # one-token answers (MMLU letters, folded labels): one pass per question
@@ -119,13 +110,22 @@ def extract_label(text: str, labels: list[str]) -> int:
 
 
 @torch.no_grad()
-def score_generate(model: nn.Module, tokenizer, questions: list[Question], chat: bool, max_new_tokens: int = 24) -> list[int]:
+def score_generate(model: nn.Module, tokenizer, questions: list[Question], fmt: PromptFormat, max_new_tokens: int = 24) -> list[int]:
     """LLM-Adapters protocol: greedy generation, then the first candidate label found in the text (-1: none)."""
-    texts = [context_text(tokenizer, q, chat) for q in questions]
-    tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model_device(model))
+    contexts = [context_ids(tokenizer, q, fmt, True, max_new_tokens) for q in questions]
+    width = max(len(c) for c in contexts)
+    ids = torch.full((len(contexts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, ctx in enumerate(contexts):  # left-padded: every prompt ends where generation starts
+        ids[row, width - len(ctx):] = torch.tensor(ctx, dtype=torch.long)
+        mask[row, width - len(ctx):] = 1
+    device = model_device(model)
+    use_cache = model.config.use_cache
     model.config.use_cache = True
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    model.config.use_cache = False
-    answers = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    try:
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    finally:
+        model.config.use_cache = use_cache
+    answers = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
     return [extract_label(text, q.labels) for text, q in zip(answers, questions)]

@@ -19,13 +19,14 @@ import torch
 from torch import nn
 
 from xgblora_cli.boosting import ActiveBooster, BoostingEngine, find_targets, trainable_per_booster
-from xgblora_cli.data import BatchStream, load_records, uses_chat_template
+from xgblora_cli.data import BatchStream, load_records
 from xgblora_cli.distributed import SINGLE, Ranks, check_batch, exit_worker, init_from_env, shutdown
 from xgblora_cli.errors import UserError
 from xgblora_cli.fsutil import check_writable
 from xgblora_cli.loss import causal_lm_loss
 from xgblora_cli.models import BaseWeights, find_blocks, load_model, load_tokenizer, pick_device, resolve_model_dir
 from xgblora_cli.progress import TrainProgress
+from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.recipe import BoosterPlan, Recipe, RecipeError, TrainArgs, recipe_to_yaml, resolve_plan
 from xgblora_cli.record import MergedWeights, Record, apply_record
 from xgblora_cli.rundir import Checkpoint, RunDir
@@ -63,6 +64,7 @@ class Setup:
     stream: BatchStream
     trainable: int
     device: torch.device
+    prompt: PromptFormat
     ranks: Ranks = SINGLE
 
 
@@ -84,12 +86,12 @@ def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:
     tokenizer = load_tokenizer(model_dir, recipe.trust_remote_code)
     records = load_records(recipe.dataset, recipe.dataset_split)
     try:
-        chat = uses_chat_template(tokenizer, recipe.prompt_template)
-        stream = BatchStream(tokenizer, records, recipe.train.batch_size, recipe.train.max_seq_len, recipe.seed, chat)
+        prompt = PromptFormat.resolve(tokenizer, recipe.prompt_template, recipe.train.max_seq_len)
+        stream = BatchStream(tokenizer, records, recipe.train.batch_size, prompt, recipe.seed)
         stream.batch(0)  # render one batch now: template problems surface before anything is written
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
-    return Setup(recipe, plan, model_dir, model, stream, trainable, device, ranks)
+    return Setup(recipe, plan, model_dir, model, stream, trainable, device, prompt, ranks)
 
 
 class Trainer:
@@ -151,6 +153,12 @@ class Trainer:
             attempt=self.attempt,
             failures=self.failures,
         ))
+
+    def _snapshot(self) -> None:
+        """Keep the state after this step (the record's length and the booster in flight) for eval --step."""
+        booster = self.booster
+        factors = {} if booster is None else {name: a.factors() for name, a in booster.adapters.items()}
+        self.run.save_snapshot(self.step, len(self.record), factors)
 
     def _discard(self, loss: float, bar) -> None:
         """Throw away a diverged booster (never merged); stop after too many in a row."""
@@ -228,6 +236,8 @@ class Trainer:
                     self.attempt = 0
                 if booster_done or self.step % self.args.checkpoint_every == 0:
                     self._checkpoint()
+                if self.args.snapshot_every and self.step % self.args.snapshot_every == 0 and self.ranks.main:
+                    self._snapshot()
                 if self.step == kill_at:
                     os.kill(os.getpid(), signal.SIGKILL)
         if self.ranks.main:
@@ -309,7 +319,8 @@ def _train(recipe: Recipe, source: str, resume: bool, overwrite: bool, progress:
         check_writable(run.path, need, "output_dir")
         if not resume:
             info = {"model": recipe.model, "model_dir": str(setup.model_dir.resolve()), "dtype": recipe.dtype,
-                    "plan": setup.plan.__dict__, "trainable_per_booster": setup.trainable, "ranks": ranks.world}
+                    "plan": setup.plan.__dict__, "trainable_per_booster": setup.trainable, "ranks": ranks.world,
+                    "prompt_format": setup.prompt.to_dict()}
             run.create(recipe_to_yaml(recipe), info, overwrite)
     ranks.barrier()
     trainer = Trainer(setup, run, show_progress=progress)

@@ -1,38 +1,52 @@
-"""The quality benchmark's data cut (scripts/bench_quality.py): validation never overlaps training, and a
-larger validation split leaves the training mix unchanged."""
+"""The quality benchmark's data cut (scripts/benchlib.py): class-balanced, validation never overlaps training, the
+same draw every time, and SST-2's cut is the slice shipped in data/."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
+from tests.conftest import ROOT
 from tests.scripts import load_script
 
-bench_quality = load_script("bench_quality")
+benchlib = load_script("benchlib")
 
 
-def _fake_data(root: Path) -> Path:
-    for folder, size in (("ARC-Easy", 60), ("boolq", 45)):
-        records = [{"instruction": f"{folder} question {i}", "answer": "answer1"} for i in range(size)]
-        (root / folder).mkdir(parents=True)
-        (root / folder / "train.json").write_text(json.dumps(records))
+def _fake_rte(root: Path) -> Path:
+    folder = root / "RTE"
+    folder.mkdir(parents=True)
+    lines = ["index\tsentence1\tsentence2\tlabel"]
+    lines += [f"{i}\tPremise {i}.\tHypothesis {i}.\t{'entailment' if i % 3 else 'not_entailment'}" for i in range(90)]
+    lines += ["90\tbroken row"]
+    (folder / "train.tsv").write_text("\n".join(lines) + "\n")
     return root
 
 
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines()
+def test_cut_is_balanced_disjoint_and_seeded(tmp_path: Path) -> None:
+    glue = _fake_rte(tmp_path)
+    budget = benchlib.TaskBudget("rte", train=20, val=5, steps=10, batch=2, seq=64)
+    train, val = benchlib.cut_glue(glue, budget)
+    assert len(train) == 40 and len(val) == 10
+    assert sorted(r["label"] for r in val) == ["entailment"] * 5 + ["not_entailment"] * 5
+    assert not {r["index"] for r in train} & {r["index"] for r in val}
+    again = benchlib.cut_glue(glue, budget)
+    assert again == (train, val)
 
 
-def test_extra_validation_keeps_training_mix_and_never_overlaps(tmp_path: Path) -> None:
-    data = _fake_data(tmp_path / "data")
-    tasks = bench_quality.cut_splits(data, tmp_path / "a", 20, 5, 0)
-    assert sorted(tasks) == ["arc_easy", "boolq"]
-    bench_quality.cut_splits(data, tmp_path / "b", 20, 5, 30)
-    assert _lines(tmp_path / "a" / "train.jsonl") == _lines(tmp_path / "b" / "train.jsonl")
-    assert _lines(tmp_path / "a" / "val.jsonl") == _lines(tmp_path / "b" / "val.jsonl")
-    train = {json.loads(line)["instruction"] for line in _lines(tmp_path / "b" / "train.jsonl")}
-    assert len(train) == 40
-    for folder, expected in (("ARC-Easy", 35), ("boolq", 25)):  # boolq runs out: 45 - 5 - 20 = 20 extra
-        val = json.loads((tmp_path / "b" / "val_tasks" / folder / "test.json").read_text())
-        assert len(val) == expected
-        assert not train & {r["instruction"] for r in val}
+def test_balanced_leaves_out_short_rows() -> None:
+    rows = [{"sentence": "a b", "label": "0"}, {"sentence": "one two three", "label": "0"}, {"sentence": "x y z w", "label": "1"}]
+    (part,) = benchlib.balanced(rows, [1], random.Random(0), min_words=3)
+    assert sorted(r["sentence"] for r in part) == ["one two three", "x y z w"]
+
+
+def test_the_shipped_sst2_slice_is_the_benchmarks_cut() -> None:
+    glue = benchlib.GLUE_DIR
+    if not (glue / "SST-2" / "train.tsv").is_file():  # a user's clone without ../shared: compare what can be compared
+        shipped = [json.loads(line) for line in (ROOT / "data" / "sst2_train_2000.jsonl").read_text().splitlines()]
+        assert sum(r["answer"] == "positive" for r in shipped) == 1000
+        return
+    train, val = benchlib.cut_glue(glue, load_script("bench_quality").BUDGETS["sst2"])
+    for name, rows in (("sst2_train_2000.jsonl", train), ("sst2_val_400.jsonl", val)):
+        expected = "".join(json.dumps(benchlib.to_record("sst2", row)) + "\n" for row in rows)
+        assert (ROOT / "data" / name).read_text() == expected

@@ -54,5 +54,5 @@ def test_folder_layout_and_wrong_files(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no test file for task 'piqa'"):
         commonsense.load("piqa", tmp_path)
     (tmp_path / "x.json").write_text("{not json")
-    with pytest.raises(UserError, match="not readable as LLM-Adapters JSON"):
+    with pytest.raises(UserError, match=r"x.json: not valid JSON \(line 1\)"):
         commonsense.load("arc_easy", tmp_path / "x.json")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
+
+from xgblora_cli.errors import UserError
 
 
 @dataclass
@@ -34,3 +37,29 @@ class Loaded:
     questions: list[Question]
     skipped: int = 0
     skip_reasons: list[str] = field(default_factory=list)
+
+
+def collect(records: list, convert: Callable[[dict], "Question | str"], source: str, unit: str = "record", first: int = 0) -> Loaded:
+    """Turn records into questions with ``convert`` (a Question, or the reason a record cannot be scored).
+
+    A record that is already a string is a reason given by the reader (a hub row it could not convert). Bad
+    records are counted, and the first five are named by their number in ``source`` (``unit`` ``first`` is the
+    first record: ``record 0``, or ``line 2`` for a file with a header).
+    """
+    if not records:
+        raise UserError(f"{source}: no records")
+    loaded = Loaded([])
+    for number, record in enumerate(records, first):
+        if isinstance(record, str):
+            result: Question | str = record
+        else:
+            result = convert(record) if isinstance(record, dict) else "not an object"
+            if not isinstance(result, Question):
+                result = f"{unit} {number}: {result}"
+        if isinstance(result, Question):
+            loaded.questions.append(result)
+        else:
+            loaded.skipped += 1
+            if len(loaded.skip_reasons) < 5:
+                loaded.skip_reasons.append(result)
+    return loaded

@@ -7,12 +7,12 @@ Each record is ``{"instruction", "input", "output", "answer"}``; the instruction
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from xgblora_cli.errors import UserError
-from xgblora_cli.tasks import Loaded, Question
+from xgblora_cli.jsonfile import read_records
+from xgblora_cli.tasks import Loaded, Question, collect
 
 # task name -> folder name in the LLM-Adapters layout (and in ../shared/data/commonsense)
 FOLDERS = {
@@ -64,19 +64,6 @@ def to_question(record: dict) -> Question | str:
     return Question(context, options, prompt, candidates, labels, labels.index(answer))
 
 
-def _read(path: Path) -> list:
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except (OSError, json.JSONDecodeError) as err:
-        raise UserError(f"--data {path}: not readable as LLM-Adapters JSON ({err})") from None
-    if not isinstance(data, list):
-        raise UserError(f"--data {path}: expected a JSON list of records with instruction/answer")
-    return data
-
-
 def data_file(task: str, data: Path) -> Path:
     """``data`` itself if it is a file; else ``<data>/<Folder>/test.json`` or ``<data>/commonsense/<Folder>/test.json``."""
     if data.is_file():
@@ -91,16 +78,7 @@ def load(task: str, data: Path | None) -> Loaded:
     """Questions of ``task`` from ``data`` (a file or a folder in the LLM-Adapters layout) or, without it, the hub."""
     from xgblora_cli.tasks import hub
 
-    records: list = hub.load_records(task) if data is None else _read(data_file(task, data))
-    if not records:
-        raise UserError(f"task '{task}': no records in {data or hub.SOURCES[task][0]}")
-    loaded = Loaded([])
-    for number, record in enumerate(records):
-        result = record if isinstance(record, str) else to_question(record) if isinstance(record, dict) else "not an object"
-        if isinstance(result, Question):
-            loaded.questions.append(result)
-        else:
-            loaded.skipped += 1
-            if len(loaded.skip_reasons) < 5:
-                loaded.skip_reasons.append(result if isinstance(record, str) else f"record {number}: {result}")
-    return loaded
+    if data is None:
+        return collect(hub.load_records(task), to_question, hub.SOURCES[task][0])
+    path = data_file(task, data)
+    return collect(read_records(path, f"--data {path}"), to_question, str(path))

@@ -1,0 +1,152 @@
+"""What the quality benchmarks share: GLUE splits cut from the training files, runs through the `xgblora` command
+line (reused when finished, so every benchmark is resumable), their evaluation, and tables in docs/benchmarks.md.
+
+Nothing here chooses a setting on a test split: validation files are cut from GLUE's *training* TSVs, and the
+test split is GLUE's dev (its test labels are not public).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from xgblora_cli.recipe import apply_override
+from xgblora_cli.tasks.glue import GLUE, read_tsv, to_record
+
+ROOT = Path(__file__).resolve().parent.parent
+GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
+
+
+@dataclass(frozen=True)
+class TaskBudget:
+    """One task's data and budget: training/validation records cut from the training TSV, steps, batch, length."""
+
+    name: str
+    train: int  # training records per class
+    val: int  # validation records per class
+    steps: int
+    batch: int
+    seq: int
+    min_words: int = 0  # leave out training-file rows shorter than this (SST-2's phrase fragments)
+
+
+class Missing(Exception):
+    """``--report-only``: a result the table needs has not been computed yet."""
+
+
+class Runner:
+    """Runs `xgblora` commands (or, with ``report_only``, refuses to, raising :class:`Missing`)."""
+
+    def __init__(self, report_only: bool = False) -> None:
+        self.report_only = report_only
+
+    def cli(self, *args: str) -> None:
+        if self.report_only:
+            raise Missing(shlex.join(args))
+        print("$", shlex.join(["xgblora", *args]), flush=True)
+        subprocess.run([sys.executable, "-m", "xgblora_cli", *args], check=True, cwd=ROOT)
+
+
+def balanced(rows: list[dict], sizes: list[int], rng: random.Random, min_words: int = 0) -> list[list[dict]]:
+    """Disjoint parts with ``sizes[i]`` rows of each label, each part shuffled; rows whose ``sentence`` has fewer
+    than ``min_words`` words (SST-2's training file is full of phrase fragments) are left out."""
+    by_label: dict[str, list[dict]] = {}
+    for row in rows:
+        if len(row.get("sentence", "").split()) >= min_words:
+            by_label.setdefault(str(row["label"]).strip(), []).append(row)
+    drawn = {label: rng.sample(found, sum(sizes)) for label, found in sorted(by_label.items())}
+    parts, start = [], 0
+    for size in sizes:
+        part = [row for label in sorted(drawn) for row in drawn[label][start : start + size]]
+        rng.shuffle(part)
+        parts.append(part)
+        start += size
+    return parts
+
+
+def write_records(path: Path, task: str, rows: list[dict]) -> None:
+    """GLUE rows as LLM-Adapters training records, one JSON line each."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(to_record(task, row)) + "\n" for row in rows))
+
+
+def cut_glue(glue_dir: Path, budget: TaskBudget) -> tuple[list[dict], list[dict]]:
+    """(training rows, validation rows) from the task's training TSV: ``budget.train`` and ``budget.val`` per class,
+    class-balanced, disjoint, seeded (``random.Random(0)``: the same rows on every call)."""
+    _, rows = read_tsv(glue_dir / GLUE[budget.name].folder / "train.tsv")
+    usable = [row for row in rows if isinstance(row, dict) and not isinstance(to_record(budget.name, row), str)]
+    train, val = balanced(usable, [budget.train, budget.val], random.Random(0), budget.min_words)
+    return train, val
+
+
+def run_name(method: str, lr: float, seed: int, extra: dict | None = None) -> str:
+    tag = "".join(f"_{key.removeprefix('train.')}{value}" for key, value in (extra or {}).items())
+    return f"{method}_lr{lr:g}_s{seed}{tag}"
+
+
+def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method: str, lr: float, seed: int,
+              extra: dict | None = None, snapshots: int = 4) -> dict:
+    """Train (or reuse) one run; returns its directory, wall time, plan and trainable parameters.
+
+    ``method`` is a preset, or ``control``: the xgblora preset with one booster for the whole run (rank 1 on the
+    same number of random blocks, never merged), which isolates what boosting adds. ``extra``: more recipe keys,
+    part of the run's name. ``snapshots`` evenly spaced states are kept for learning curves.
+    """
+    out = work / budget.name / run_name(method, lr, seed, extra)
+    recipe = {
+        "model": "smollm2-135m", "dataset": str(data), "output_dir": str(out),
+        "method": "xgblora" if method == "control" else method, "seed": seed,
+        "train": {"max_steps": budget.steps, "batch_size": budget.batch, "learning_rate": lr, "max_seq_len": budget.seq,
+                  "warmup_steps": max(1, budget.steps // 10), "checkpoint_every": 25,
+                  "snapshot_every": max(1, budget.steps // snapshots)},
+    }
+    if method == "control":
+        recipe["steps_per_booster"] = budget.steps
+    for key, value in (extra or {}).items():
+        apply_override(recipe, f"{key}={value}")
+    info_file, timing = out / "run.json", out / "bench_wall_s.txt"
+    done = info_file.is_file() and json.loads(info_file.read_text()).get("status") == "complete"
+    if not done or not timing.is_file():
+        recipe_file = work / budget.name / f"{out.name}.yaml"
+        recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+        started = time.perf_counter()
+        runner.cli("train", str(recipe_file), "--no-progress", "--overwrite")
+        timing.write_text(f"{time.perf_counter() - started:.1f}\n")
+    info = json.loads(info_file.read_text())
+    trainable = info["trainable_per_booster"]
+    return {"dir": out, "wall_s": float(timing.read_text()), "plan": info["plan"], "trainable_per_booster": trainable,
+            "trainable_total": trainable * info["plan"]["num_boosters"]}
+
+
+def accuracy(runner: Runner, target: str, task: str, data: Path, result: Path, *flags: str) -> float:
+    """Accuracy (%) of ``xgblora eval TARGET --task TASK --data DATA`` (label scoring), computed once into ``result``."""
+    if not result.is_file():
+        result.parent.mkdir(parents=True, exist_ok=True)
+        runner.cli("eval", target, "--task", task, "--data", str(data), "--scoring", "label", *flags, "--output", str(result))
+    return 100 * json.loads(result.read_text())["tasks"][task]["accuracy"]
+
+
+def spread(values: list[float], digits: int = 1) -> str:
+    """``mean ± standard deviation`` (just the mean for one value)."""
+    mean = statistics.mean(values)
+    return f"{mean:.{digits}f}" if len(values) < 2 else f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def write_doc(doc: Path, body: str, start: str, end: str) -> None:
+    """Replace what lies between the ``start`` and ``end`` markers of ``doc`` (appended when missing)."""
+    text = doc.read_text() if doc.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    before, rest = text.split(start, 1)
+    after = rest.split(end, 1)[1]
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(f"{before}{start}\n{body}\n{end}{after}")

@@ -1,0 +1,104 @@
+"""The prompt format: templates, response-only labels, truncation, and the BOS exactly once."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import make_tokenizer
+from xgblora_cli.errors import UserError
+from xgblora_cli.prompts import IGNORE, PromptFormat, bos_ids, chat_template_of
+
+RECORD = {"instruction": "Name a colour.", "input": "Be brief.", "output": "Blue is a colour."}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer(chat=True)
+
+
+@pytest.fixture(scope="module")
+def bos_tokenizer():
+    return make_tokenizer(chat=True, bos=True)
+
+
+def test_chat_template_and_response_only_labels(tokenizer) -> None:
+    fmt = PromptFormat.resolve(tokenizer, "auto", 512)
+    assert fmt.chat and fmt.bos == ()
+    prompt, response = fmt.render(tokenizer, RECORD)
+    assert prompt.startswith("<|im_start|>user\nName a colour.\n\nBe brief.<|im_end|>")
+    assert prompt.endswith("<|im_start|>assistant\n")
+    assert response == "Blue is a colour.<|im_end|>\n"
+    ids, labels = fmt.encode(tokenizer, prompt, response)
+    first = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+    assert all(lab == IGNORE for lab in labels[:first])
+    assert labels[first:] == ids[first:]
+    assert tokenizer.decode(ids[first:]) == response
+
+
+def test_plain_template_when_the_tokenizer_has_none() -> None:
+    plain = make_tokenizer(chat=False)
+    assert not chat_template_of(plain, "auto")
+    fmt = PromptFormat.resolve(plain, "auto", 512)
+    prompt, response = fmt.render(plain, RECORD)
+    assert fmt.template == "plain"
+    assert prompt == "### Instruction:\nName a colour.\n\n### Input:\nBe brief.\n\n### Response:\n"
+    assert response == "Blue is a colour.<|im_end|>"
+    with pytest.raises(UserError, match="prompt_template: 'chat' needs a tokenizer with a chat template"):
+        PromptFormat.resolve(plain, "chat", 512)
+
+
+def test_truncation_keeps_the_response_and_the_end_of_the_prompt(tokenizer) -> None:
+    fmt = PromptFormat.resolve(tokenizer, "chat", 64)
+    long = {"instruction": "word " * 200 + "QUESTION END", "input": "", "output": "answer " * 50}
+    ids, labels = fmt.encode(tokenizer, *fmt.render(tokenizer, long))
+    assert len(ids) == len(labels) == 64
+    n_response = sum(lab != IGNORE for lab in labels)
+    assert n_response == 32  # half the budget is kept for the response
+    assert "assistant" in tokenizer.decode(ids[:32])  # the prompt's end survives
+
+
+def test_the_format_round_trips_through_a_dict(bos_tokenizer) -> None:
+    fmt = PromptFormat.resolve(bos_tokenizer, "plain", 100)
+    assert PromptFormat.from_dict(fmt.to_dict()) == fmt
+    assert "BOS" in fmt.describe() and "plain" in fmt.describe()
+
+
+def test_bos_is_read_from_the_tokenizer(tokenizer, bos_tokenizer) -> None:
+    assert bos_ids(tokenizer) == ()
+    assert bos_ids(bos_tokenizer) == (bos_tokenizer.convert_tokens_to_ids("<s>"),)
+
+
+@pytest.mark.parametrize("template", ["chat", "plain"])
+def test_training_labels_start_after_exactly_one_bos(bos_tokenizer, template: str) -> None:
+    """The chat template writes <s> itself, the plain one does not: either way the sequence holds it once, first,
+    without a label."""
+    bos = bos_tokenizer.convert_tokens_to_ids("<s>")
+    fmt = PromptFormat.resolve(bos_tokenizer, template, 512)
+    ids, labels = fmt.encode(bos_tokenizer, *fmt.render(bos_tokenizer, RECORD))
+    assert ids[0] == bos and ids.count(bos) == 1
+    assert labels[0] == IGNORE
+    first = next(i for i, lab in enumerate(labels) if lab != IGNORE)
+    assert bos_tokenizer.decode(ids[first:]).startswith("Blue is a colour.")
+
+
+def test_truncation_keeps_the_bos_in_front(bos_tokenizer) -> None:
+    bos = bos_tokenizer.convert_tokens_to_ids("<s>")
+    fmt = PromptFormat.resolve(bos_tokenizer, "plain", 40)
+    long = {"instruction": "word " * 200, "input": "", "output": "answer " * 50}
+    ids, labels = fmt.encode(bos_tokenizer, *fmt.render(bos_tokenizer, long))
+    assert len(ids) == 40 and ids[0] == bos and ids.count(bos) == 1
+    assert fmt.truncate_left([bos, 5, 6, 7], 3) == [bos, 6, 7]
+    assert fmt.truncate_left([5, 6, 7], 2) == [6, 7]
+
+
+def test_eval_contexts_get_the_bos_once(bos_tokenizer) -> None:
+    from xgblora_cli.scoring import context_ids
+    from xgblora_cli.tasks.choice import plain_question
+
+    bos = bos_tokenizer.convert_tokens_to_ids("<s>")
+    question = plain_question({"prompt": "Is the sky blue?", "choices": ["yes", "no"], "answer": 0})
+    for template in ("chat", "plain"):
+        fmt = PromptFormat.resolve(bos_tokenizer, template, 512)
+        for labels in (True, False):
+            ids = context_ids(bos_tokenizer, question, fmt, labels, reserve=4)
+            assert ids[0] == bos and ids.count(bos) == 1, (template, labels)
