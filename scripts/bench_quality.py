@@ -29,9 +29,21 @@ import sys
 import time
 from pathlib import Path
 
-from xgblora_cli.tasks.glue import GLUE
+from benchlib import (
+    GLUE_DIR,
+    ROOT,
+    Missing,
+    Runner,
+    TaskBudget,
+    accuracy,
+    cut_glue,
+    spread,
+    train_run,
+    write_doc,
+    write_records,
+)
 
-from benchlib import GLUE_DIR, ROOT, Missing, Runner, TaskBudget, accuracy, cut_glue, spread, train_run, write_doc, write_records
+from xgblora_cli.tasks.glue import GLUE
 
 BUDGETS = {
     "sst2": TaskBudget("sst2", train=1000, val=200, steps=100, batch=8, seq=128, min_words=5),

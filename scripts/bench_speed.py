@@ -62,19 +62,18 @@ def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[s
     block (backward runs from the head down to it, so it sets most of the spread between xgblora's steps)."""
     from xgblora_cli.boosting import BoostingEngine
     from xgblora_cli.loss import causal_lm_loss
-    from xgblora_cli.models import BaseWeights, find_blocks
+    from xgblora_cli.models import find_blocks
     from xgblora_cli.recipe import BoosterPlan, TrainArgs
-    from xgblora_cli.record import MergedWeights
     from xgblora_cli.train import make_optimizer
 
     layers = len(find_blocks(model))
     rank, k = (1, args.k) if method == "xgblora" else (8, layers)
     plan = BoosterPlan(rank, 2.0 * rank, k, 1, args.steps, layers)
-    engine = BoostingEngine(model, plan, TARGETS, args.seed, MergedWeights(BaseWeights(model_dir)), args.checkpointing)
+    engine = BoostingEngine(model, plan, TARGETS, args.seed, args.checkpointing)
     times, lowest = [], []
     for step in range(args.steps):
         booster = engine.start(step)
-        optimizer = make_optimizer(booster, TrainArgs(learning_rate=1e-4))
+        optimizer = make_optimizer(booster, TrainArgs(), 1e-4)
         times.append(timed_step(lambda: causal_lm_loss(model, data)[0], optimizer))
         lowest.append(min(booster.blocks))
         engine.discard(booster)
@@ -94,7 +93,8 @@ def peft_steps(model, args, data) -> list[dict[str, float]]:
 
 
 def run_one(method: str, args) -> dict:
-    from xgblora_cli.models import find_blocks, load_model, resolve_model_dir
+    from xgblora_cli.models import find_blocks, load_model
+    from xgblora_cli.sources import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
     model = load_model(model_dir, "float32")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from xgblora_cli.recipe import apply_override
+from xgblora_cli.recipe_file import apply_override
 from xgblora_cli.tasks.glue import GLUE, read_tsv, to_record
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,7 +5,7 @@ would hold it) and merges T rank-1 updates into it, for T = 10, 100, 1000, two w
 
 - ``plain``: ``W += dW`` in bfloat16 after every merge (what a naive implementation does);
 - ``record``: xgblora's remedy - the in-memory weight is recomputed from the base tensor and all factors
-  (``MergedWeights.exact``, the same code the trainer runs), rounded once to bfloat16; export does the same.
+  (``FactorStack.exact``, the same code the trainer runs), rounded once to bfloat16; export does the same.
 
 Updates are ``u v^T`` with ``|dW| ~ size * std(W0)``, either independent random directions or one coherent
 direction with noise. Prints, per case, the error against the exact float64 sum in ulps of bfloat16 (max and
@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from xgblora_cli.models import BaseWeights, resolve_model_dir
-from xgblora_cli.record import Booster, MergedWeights
+from xgblora_cli.merge import BaseWeights, FactorStack, merged_weight
+from xgblora_cli.record import MergedBooster
+from xgblora_cli.sources import resolve_model_dir
 
 
 def ulp_bf16(x: torch.Tensor) -> torch.Tensor:
@@ -51,12 +52,12 @@ def measure(w0: torch.Tensor, pairs: list, folder: Path) -> dict[str, dict[str, 
     exact = w0.to(torch.float64).clone()
     plain = w0.clone()
     save_file({"w": w0}, folder / "model.safetensors")
-    merged = MergedWeights(BaseWeights(folder))
+    merged = FactorStack()
     for t, (u, v) in enumerate(pairs):
         exact += u.double() @ v.double()  # the reference: every product and sum in float64
         plain += (u @ v).to(torch.bfloat16)
-        merged.add(Booster(t, [0], {"w": (u, v)}))
-    record = merged.exact("w").to(torch.bfloat16)  # the in-memory weight and the bf16 export are this tensor
+        merged.add(MergedBooster(t, [0], {"w": (u, v)}))
+    record = merged_weight(BaseWeights(folder), merged, "w").to(torch.bfloat16)  # the in-memory weight and the bf16 export are this tensor
     update = exact - w0.to(torch.float64)
     ulp = ulp_bf16(exact)
     out = {}

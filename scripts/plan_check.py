@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from xgblora_cli.recipe import apply_override
+from xgblora_cli.recipe_file import apply_override
 
 ROOT = Path(__file__).resolve().parent.parent
 # name -> (model: "smollm2-135m" or tiny (hidden, intermediate, layers, heads, kv heads, vocab)), recipe fields
@@ -46,7 +46,7 @@ def long_records(path: Path, count: int = 64) -> Path:
 def save_tiny(folder: Path, hidden: int, inter: int, layers: int, heads: int, kv: int, vocab: int) -> Path:
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from xgblora_cli.models import resolve_model_dir
+    from xgblora_cli.sources import resolve_model_dir
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("smollm2-135m"))
     config = LlamaConfig(vocab_size=max(vocab, len(tokenizer)), hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
@@ -80,8 +80,8 @@ def probe(recipe_json: str) -> None:
     """Child process: baseline RSS after imports, then train; print the measurement and the estimate."""
     import resource
 
-    from xgblora_cli import boosting, models, plan, train  # noqa: F401  (the runtime the planner leaves out)
-    from xgblora_cli.recipe import recipe_from_dict
+    from xgblora_cli import boosting, models, plan, runner, train  # noqa: F401  (the runtime the planner leaves out)
+    from xgblora_cli.recipe_file import recipe_from_dict
     from xgblora_cli.rundir import RunDir
 
     def rss() -> int:
@@ -90,7 +90,7 @@ def probe(recipe_json: str) -> None:
     warm_up()
     baseline = rss()
     recipe = recipe_from_dict(json.loads(recipe_json), "probe")
-    setup = train.prepare(recipe, "probe")
+    setup = runner.prepare(recipe, "probe")
     estimate = plan.estimate(recipe, setup.plan, plan.model_shape(setup.model, models.find_blocks(setup.model)), setup.trainable, "cpu")
     run = RunDir(recipe.output_dir)
     run.create("{}\n", {}, overwrite=False)

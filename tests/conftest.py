@@ -28,7 +28,14 @@ def make_tokenizer(chat: bool = True, bos: bool = False):
     ``bos``: like LLaMA-3's, it puts ``<s>`` in front of every sequence (its post-processor), and its chat
     template writes ``<s>`` into the text itself.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     texts = [json.loads(line)["instruction"] for line in TRAIN_DATA.read_text().splitlines()[:200]]
@@ -73,7 +80,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted once into the user cache (about 30 s the first time)."""
-    from xgblora_cli.models import resolve_model_dir
+    from xgblora_cli.sources import resolve_model_dir
 
     return resolve_model_dir("smollm2-135m")
 

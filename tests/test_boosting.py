@@ -9,24 +9,38 @@ import pytest
 import torch
 
 from tests.conftest import TRAIN_DATA
-from xgblora_cli.boosting import BoostingEngine, booster_blocks, find_targets, trainable_per_booster
+from xgblora_cli.boosting import (
+    BoostingEngine,
+    booster_blocks,
+    find_targets,
+    trainable_per_booster,
+)
 from xgblora_cli.data import BatchStream, load_records
-from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.errors import UserError
 from xgblora_cli.loss import causal_lm_loss
-from xgblora_cli.models import BaseWeights, load_model, load_tokenizer
+from xgblora_cli.merge import BaseWeights, FactorStack, write_merged
+from xgblora_cli.models import load_model, load_tokenizer
+from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.recipe import DEFAULT_TARGETS, BoosterPlan, TrainArgs
-from xgblora_cli.record import MergedWeights
+from xgblora_cli.record import MergedBooster
 from xgblora_cli.train import make_optimizer
 
 
 def build(model_dir: Path, k: int = 2, rank: int = 1, checkpointing: bool = False):
     model = load_model(model_dir, "float32")
     plan = BoosterPlan(rank=rank, alpha=2.0 * rank, layers_per_booster=k, steps_per_booster=3, num_boosters=4, num_layers=4)
-    engine = BoostingEngine(model, plan, list(DEFAULT_TARGETS), 0, MergedWeights(BaseWeights(model_dir)), checkpointing)
+    engine = BoostingEngine(model, plan, list(DEFAULT_TARGETS), 0, checkpointing)
     tokenizer = load_tokenizer(model_dir)
     stream = BatchStream(tokenizer, load_records(str(TRAIN_DATA)), 2, PromptFormat("chat", (), 48), seed=0)
     return model, engine, stream
+
+
+def merge(model, engine: BoostingEngine, booster) -> MergedBooster:
+    """What the trainer does with a finished booster: detach it and fold its factors into the weights exactly."""
+    done = engine.finish(booster)
+    stack = FactorStack()
+    write_merged(model, BaseWeights(Path(model.config.name_or_path)), stack, stack.add(done))
+    return done
 
 
 def index_with_blocks(k: int, wanted: list[int]) -> int:
@@ -64,17 +78,17 @@ def test_each_booster_gets_a_fresh_optimizer(tiny_model_dir: Path) -> None:
     model, engine, stream = build(tiny_model_dir)
     args = TrainArgs(learning_rate=1e-2)
     first = engine.start(0)
-    opt = make_optimizer(first, args)
+    opt = make_optimizer(first, args, 1e-2)
     for step in range(3):
         causal_lm_loss(model, stream.batch(step))[0].backward()
         opt.step()
         opt.zero_grad()
     old_moments = [opt.state[p]["exp_avg"].clone() for p in first.parameters()]
     assert any(m.abs().sum() > 0 for m in old_moments)
-    engine.merge(first)
+    merge(model, engine, first)
 
     second = engine.start(1)
-    new_opt = make_optimizer(second, args)
+    new_opt = make_optimizer(second, args, 1e-2)
     assert len(new_opt.state) == 0
     assert not {id(p) for p in first.parameters()} & {id(p) for g in new_opt.param_groups for p in g["params"]}
     causal_lm_loss(model, stream.batch(3))[0].backward()
@@ -134,7 +148,7 @@ def test_merge_is_exact_and_touches_only_adapted_weights(tiny_model_dir: Path) -
     model, engine, stream = build(tiny_model_dir, k=2)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     booster = engine.start(0)
-    opt = make_optimizer(booster, TrainArgs(learning_rate=5e-2))
+    opt = make_optimizer(booster, TrainArgs(), 5e-2)
     for step in range(3):
         causal_lm_loss(model, stream.batch(step))[0].backward()
         opt.step()
@@ -143,7 +157,7 @@ def test_merge_is_exact_and_touches_only_adapted_weights(tiny_model_dir: Path) -
     with torch.no_grad():
         with_adapters = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     deltas = {n: a.delta() for n, a in booster.adapters.items()}
-    record = engine.merge(booster)
+    record = merge(model, engine, booster)
     assert sorted(record.factors) == sorted(deltas) and len(deltas) == 2 * 7
     after = dict(model.named_parameters())
     assert sorted(after) == sorted(before)  # adapters are gone

@@ -44,3 +44,28 @@ def test_full_disk_or_unwritable_output_is_refused_before_training(tmp_path: Pat
     monkeypatch.setattr("os.access", lambda path, mode: False)
     with pytest.raises(UserError, match="output_dir: cannot write to .*locked"):
         check_writable(locked / "run", 1, "output_dir")
+
+
+def test_a_run_started_with_relative_paths_works_from_another_directory(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Relative paths in a recipe are stored absolute in the run, so `xgblora eval RUN` (which reads the stored
+    eval block) and `--resume` work from anywhere; they used to be stored as written and fail elsewhere."""
+    import shutil
+
+    from tests.conftest import ROOT, TRAIN_DATA
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copyfile(TRAIN_DATA, work / "train.jsonl")
+    shutil.copyfile(ROOT / "data" / "sst2_dev.tsv", work / "dev.tsv")
+    fields = tiny_recipe(tmp_path, tiny_model_dir, dataset="train.jsonl", output_dir="run",
+                         eval={"tasks": ["sst2"], "data": "dev.tsv", "limit": 4}, train={"max_steps": 2}, steps_per_booster=2)
+    write_recipe(work / "r.yaml", **fields)
+    assert run_cli("train", "r.yaml", "--no-progress", cwd=work).returncode == 0
+    stored = (work / "run" / "recipe.yaml").read_text()
+    assert f"dataset: {work / 'train.jsonl'}" in stored and f"output_dir: {work / 'run'}" in stored
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = run_cli("eval", str(work / "run"), cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    resumed = run_cli("train", str(work / "r.yaml"), "--resume", f"output_dir={work / 'run'}", "--no-progress", cwd=elsewhere)
+    assert resumed.returncode == 0 and "already complete" in resumed.stdout, resumed.stderr

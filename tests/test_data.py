@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import TRAIN_DATA, make_tokenizer
 from xgblora_cli.data import BatchStream, load_records
@@ -78,3 +79,14 @@ def test_hub_dataset_names_go_through_datasets(monkeypatch) -> None:
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     assert load_records("vicgalle/alpaca-gpt4", "train") == [{"instruction": "Say hi.", "input": "", "output": "hi"}]
     assert calls == [("vicgalle/alpaca-gpt4", "train")]
+
+
+def test_the_encoding_cache_is_bounded_and_changes_nothing(tokenizer) -> None:
+    records = load_records(str(TRAIN_DATA))[:30]
+    fmt = PromptFormat("chat", (), 64)
+    small = BatchStream(tokenizer, records, 3, fmt, seed=1, cache_size=4)
+    unbounded = BatchStream(tokenizer, records, 3, fmt, seed=1, cache_size=10**6)
+    for m in range(25):  # 75 positions: every record, twice and more
+        a, b = small.batch(m), unbounded.batch(m)
+        assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
+    assert len(small._encoded) == 4 and len(unbounded._encoded) == 30

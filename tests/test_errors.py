@@ -11,10 +11,17 @@ from typing import Callable
 import pytest
 import yaml
 
-from tests.conftest import ROOT, TRAIN_DATA, run_cli, save_tiny_model, tiny_recipe, write_recipe
+from tests.conftest import (
+    ROOT,
+    TRAIN_DATA,
+    run_cli,
+    save_tiny_model,
+    tiny_recipe,
+    write_recipe,
+)
 from tests.test_models import pickle_copy, remote_code_folder
-from xgblora_cli.recipe import recipe_from_dict
-from xgblora_cli.train import start_run
+from xgblora_cli.recipe_file import recipe_from_dict
+from xgblora_cli.runner import start_run
 
 DOC = ROOT / "docs" / "errors.md"
 ROW = re.compile(r"^\| `([a-z0-9-]+)` \|.*\| `([^`]+)` \|$")

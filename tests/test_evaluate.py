@@ -11,10 +11,10 @@ from tests.conftest import ROOT, run_cli, tiny_recipe
 from xgblora_cli.errors import UserError
 from xgblora_cli.evaluate import EvalSettings, evaluate, subset
 from xgblora_cli.export import merge_run
-from xgblora_cli.recipe import recipe_from_dict
+from xgblora_cli.recipe_file import recipe_from_dict
 from xgblora_cli.record import boosters_at
 from xgblora_cli.rundir import RunDir
-from xgblora_cli.train import start_run
+from xgblora_cli.runner import start_run
 
 ARC_TEST = ROOT / "data" / "arc_easy_test_200.jsonl"
 SST2_DEV = ROOT / "data" / "sst2_dev.tsv"
@@ -115,8 +115,8 @@ def test_snapshots_replay_a_run_as_it_was_after_step_n(tmp_path: Path, tiny_mode
     fields = tiny_recipe(tmp_path, tiny_model_dir, train={"snapshot_every": 4})  # 8 steps, boosters of 3
     run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
     assert RunDir(run_dir).snapshot_steps() == [4, 8]
-    merged, in_flight = RunDir(run_dir).load_snapshot(4)
-    assert merged == 1 and len(in_flight) > 0  # booster 0 merged at step 3, booster 1 one step in
+    recorded, in_flight = RunDir(run_dir).load_snapshot(4)
+    assert recorded == 1 and len(in_flight) > 0  # booster 0 merged at step 3, booster 1 one step in
     assert boosters_at(run_dir, 8)[-1].index == 2 and len(boosters_at(run_dir, 8)) == 3
     settings = dict(tasks=["perplexity"], data=str(ARC_TEST), limit=6)
     whole = evaluate(str(run_dir), EvalSettings(**settings))["tasks"]["perplexity"]["perplexity"]

@@ -12,14 +12,15 @@ from safetensors.torch import load_file
 
 from tests.conftest import TRAIN_DATA, tiny_recipe
 from xgblora_cli.data import BatchStream, load_records
-from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
 from xgblora_cli.models import load_tokenizer
-from xgblora_cli.recipe import recipe_from_dict, recipe_to_yaml
+from xgblora_cli.prompts import PromptFormat
+from xgblora_cli.recipe_file import recipe_from_dict, recipe_to_yaml
 from xgblora_cli.record import Record
-from xgblora_cli.train import Trainer, prepare
 from xgblora_cli.rundir import RunDir
+from xgblora_cli.runner import prepare
+from xgblora_cli.train import Trainer
 
 
 def folder_digest(folder: Path) -> str:

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from xgblora_cli.errors import UserError
-from xgblora_cli.models import BaseWeights, find_blocks, load_model, load_skeleton, resolve_model_dir
+from xgblora_cli.merge import BaseWeights
+from xgblora_cli.models import find_blocks, load_model, load_skeleton
+from xgblora_cli.sources import resolve_model_dir
 
 
 def test_a_local_folder_resolves_to_itself(tiny_model_dir: Path) -> None:

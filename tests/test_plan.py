@@ -11,8 +11,8 @@ import pytest
 
 from tests.conftest import ROOT, run_cli, tiny_recipe
 from xgblora_cli.errors import UserError
-from xgblora_cli.recipe import recipe_from_dict
-from xgblora_cli.train import start_run
+from xgblora_cli.recipe_file import recipe_from_dict
+from xgblora_cli.runner import start_run
 
 SHAPE = ROOT / "recipes" / "shapes" / "llama3-8b"
 GIB = 2**30
@@ -56,10 +56,30 @@ def test_quantized_base_and_checkpointing_shrink_their_components() -> None:
 
 
 def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
-    monkeypatch.setattr("xgblora_cli.plan.device_memory", lambda device: 64 * 2**20)  # a 64 MiB device
+    monkeypatch.setattr("xgblora_cli.runner.device_memory", lambda device: 64 * 2**20)  # a 64 MiB device
     recipe = recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir, train={"batch_size": 64, "max_seq_len": 512}), "r.yaml")
     with pytest.raises(UserError, match=r"r.yaml: the memory plan does not fit cpu: .* GiB needed \(.*\) of 0.1 GiB; .* --no-memory-check"):
         start_run(recipe, "r.yaml", progress=False)
     assert not (tmp_path / "run").exists()
     start_run(recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir), "r.yaml"), "r.yaml", progress=False, memory_check=False)
     assert (tmp_path / "run" / "run.json").is_file()
+
+
+def test_planning_a_hub_model_reads_only_its_config_and_a_hub_failure_is_one_line(monkeypatch) -> None:
+    """The planner promises to read config.json only: when the hub cannot give it, it says so instead of falling
+    back to downloading the whole model (which it used to do, swallowing the error)."""
+    import huggingface_hub
+
+    from xgblora_cli import plan
+
+    def no_hub(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    def whole_model(*args, **kwargs):
+        raise AssertionError("the planner must not fetch the weights")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.setattr(plan, "resolve_model_dir", whole_model)
+    recipe = recipe_from_dict({"model": "org/model", "dataset": "d.json", "output_dir": "x"}, "r.yaml")
+    with pytest.raises(UserError, match=r"model 'org/model': not a local folder, .* could not provide its config.json: offline"):
+        plan.config_dir(recipe)

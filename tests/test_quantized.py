@@ -12,12 +12,13 @@ import torch
 from tests.conftest import tiny_recipe
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
-from xgblora_cli.models import BaseWeights
+from xgblora_cli.merge import BaseWeights, FactorStack, merged_weight
 from xgblora_cli.quantized import bnb_config, is_quantized
-from xgblora_cli.recipe import recipe_from_dict, recipe_to_yaml
-from xgblora_cli.record import MergedWeights, Record
-from xgblora_cli.train import Trainer, prepare
+from xgblora_cli.recipe_file import recipe_from_dict, recipe_to_yaml
+from xgblora_cli.record import Record
 from xgblora_cli.rundir import RunDir
+from xgblora_cli.runner import prepare
+from xgblora_cli.train import Trainer
 
 
 def packed(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -68,12 +69,12 @@ def test_merge_folds_the_record_into_the_unquantized_original(quantized_run, tmp
     _, _, _, run_dir = quantized_run
     summary = merge_run(run_dir, tmp_path / "merged", dtype="bfloat16")
     out = load_file(tmp_path / "merged" / "model.safetensors")
-    exact = MergedWeights(BaseWeights(tiny_model_dir))
+    exact = FactorStack()
     for booster in Record(run_dir).load():
         exact.add(booster)
     for name in summary["touched_weights"]:
         assert out[name].dtype == torch.bfloat16
-        assert torch.equal(out[name], exact.exact(name).to(torch.bfloat16)), name
+        assert torch.equal(out[name], merged_weight(BaseWeights(tiny_model_dir), exact, name).to(torch.bfloat16)), name
     untouched = "model.embed_tokens.weight"
     assert torch.equal(out[untouched], BaseWeights(tiny_model_dir).get(untouched).to(torch.bfloat16))
 

@@ -9,8 +9,8 @@ import torch
 
 from tests.conftest import ROOT, TRAIN_DATA, run_cli, write_recipe
 from xgblora_cli.data import BatchStream, load_records
-from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.models import load_model, load_tokenizer
+from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.record import Record
 
 
@@ -47,8 +47,7 @@ def test_short_run_on_smollm2_then_merge_matches(tmp_path: Path, smol_dir: Path)
         merged_logits = merged(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     # the boosters changed the model, and the exported weights are base + record exactly
     assert (merged_logits - base_logits).abs().max() > 1e-4
-    from xgblora_cli.models import BaseWeights
-    from xgblora_cli.record import apply_record
+    from xgblora_cli.merge import BaseWeights, apply_record
 
     apply_record(base, BaseWeights(smol_dir), boosters)
     with torch.no_grad():

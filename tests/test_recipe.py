@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from xgblora_cli.errors import UserError
-from xgblora_cli.recipe import PRESETS, Recipe, TrainArgs, load_recipe, recipe_from_dict, resolve_plan
+from xgblora_cli.recipe import PRESETS, EvalArgs, Recipe, TrainArgs, field_docs, resolve_plan
+from xgblora_cli.recipe_file import load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -19,12 +20,15 @@ def make(**fields) -> Recipe:
 
 
 def test_learning_rate_defaults_to_the_method_preset_unless_set() -> None:
-    rates = {method: make(method=method).train.learning_rate for method in PRESETS}
+    rates = {method: make(method=method).learning_rate for method in PRESETS}
     assert rates == {method: preset.learning_rate for method, preset in PRESETS.items()}
     assert rates["xgblora"] > rates["lora"]  # short-lived boosters take a larger rate (docs/benchmarks.md)
-    assert make(method="xgblora", train={"learning_rate": 3e-4}).train.learning_rate == pytest.approx(3e-4)
+    assert make(method="xgblora", train={"learning_rate": 3e-4}).learning_rate == pytest.approx(3e-4)
     overridden = recipe_from_dict(BASE, "r.yaml", ["method=lora"])
-    assert overridden.train.learning_rate == PRESETS["lora"].learning_rate
+    assert overridden.learning_rate == PRESETS["lora"].learning_rate
+    # the train block itself is what the recipe says (None: not set); what a run stores has the rate filled in
+    assert overridden.train.learning_rate is None and TrainArgs().learning_rate is None
+    assert overridden.to_dict()["train"]["learning_rate"] == PRESETS["lora"].learning_rate
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
@@ -100,3 +104,19 @@ def test_explicit_values_beat_the_preset_and_T_rounds_up() -> None:
 def test_k_larger_than_the_model_is_refused() -> None:
     with pytest.raises(ValueError, match="layers_per_booster: must be <= the model's 4 blocks, got 6"):
         resolve_plan(make(layers_per_booster=6), num_layers=4)
+
+
+def test_every_recipe_field_has_a_docstring_and_the_readme_table_is_generated_from_them() -> None:
+    """litgpt's style: a docstring under every field; the README's recipe-keys table is scripts/recipe_keys.py's
+    output from those docstrings, so the two cannot drift apart."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    for cls in (Recipe, TrainArgs, EvalArgs):
+        missing = [f.name for f in dataclasses.fields(cls) if not field_docs(cls).get(f.name)]
+        assert not missing, f"{cls.__name__}: no docstring under {missing}"
+    table = subprocess.run([sys.executable, str(ROOT / "scripts" / "recipe_keys.py")], capture_output=True, text=True, check=True).stdout
+    readme = (ROOT / "README.md").read_text()
+    start, end = "<!-- recipe-keys:start -->\n", "<!-- recipe-keys:end -->"
+    assert start in readme and readme.split(start, 1)[1].split(end, 1)[0] == table, "run: python scripts/recipe_keys.py --write"

@@ -9,13 +9,13 @@ import torch
 from safetensors.torch import save_file
 
 from xgblora_cli.errors import UserError
-from xgblora_cli.models import BaseWeights
-from xgblora_cli.record import Booster, MergedWeights, Record
+from xgblora_cli.merge import BaseWeights, FactorStack, merged_weight
+from xgblora_cli.record import MergedBooster, Record
 
 
-def booster(t: int, scale: float = 1.0) -> Booster:
+def booster(t: int, scale: float = 1.0) -> MergedBooster:
     g = torch.Generator().manual_seed(t)
-    return Booster(t, [t % 3], {"w": (scale * torch.randn(8, 1, generator=g), torch.randn(1, 16, generator=g))})
+    return MergedBooster(t, [t % 3], {"w": (scale * torch.randn(8, 1, generator=g), torch.randn(1, 16, generator=g))})
 
 
 def test_append_load_truncate_roundtrip(tmp_path: Path) -> None:
@@ -47,17 +47,17 @@ def test_exact_merges_stay_within_half_an_ulp_in_bfloat16(tmp_path: Path) -> Non
     torch.manual_seed(0)
     w0 = torch.randn(64, 128).to(torch.bfloat16)
     save_file({"w": w0}, tmp_path / "model.safetensors")
-    merged = MergedWeights(BaseWeights(tmp_path))
+    merged = FactorStack()
     naive = w0.clone()
     exact = w0.to(torch.float64)
     direction_u, direction_v = torch.randn(64, 1), torch.randn(1, 128)
     for t in range(200):
         u = 2e-4 * (direction_u + 0.3 * torch.randn(64, 1))
         v = direction_v + 0.3 * torch.randn(1, 128)
-        merged.add(Booster(t, [0], {"w": (u, v)}))
+        merged.add(MergedBooster(t, [0], {"w": (u, v)}))
         naive += (u @ v).to(torch.bfloat16)
         exact += (u @ v).to(torch.float64)
-    cached = merged.exact("w").to(torch.bfloat16)
+    cached = merged_weight(BaseWeights(tmp_path), merged, "w").to(torch.bfloat16)
     ulp = torch.pow(2.0, torch.floor(torch.log2(exact.abs())) - 7)  # bf16 has 8 significant bits
     err_exact = ((cached.to(torch.float64) - exact).abs() / ulp).max()
     assert err_exact <= 0.5 + 1e-6

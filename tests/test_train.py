@@ -10,22 +10,26 @@ import torch
 
 from tests.conftest import run_cli, tiny_recipe, write_recipe
 from xgblora_cli.errors import UserError
-from xgblora_cli.models import BaseWeights, load_model
-from xgblora_cli.recipe import TrainArgs, recipe_from_dict
-from xgblora_cli.record import Record, apply_record
+from xgblora_cli.merge import BaseWeights, apply_record
+from xgblora_cli.models import load_model
+from xgblora_cli.recipe import TrainArgs
+from xgblora_cli.recipe_file import recipe_from_dict
+from xgblora_cli.record import Record
 from xgblora_cli.rundir import RunDir
-from xgblora_cli.train import KILL_ENV, lr_at, start_run
+from xgblora_cli.runner import start_run
+from xgblora_cli.runtime import FAULT_ENV
+from xgblora_cli.train import lr_at
 
 
 def test_lr_schedule_warmup_cosine_and_rewarmup() -> None:
-    args = TrainArgs(max_steps=100, learning_rate=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(0, 0, args) == pytest.approx(0.1)
-    assert lr_at(9, 0, args) == pytest.approx(1.0)
-    assert lr_at(10, 0, args) == pytest.approx(1.0)
-    assert lr_at(55, 0, args) == pytest.approx(0.55)
-    assert lr_at(100, 0, args) == pytest.approx(0.1)
-    rewarm = TrainArgs(max_steps=100, learning_rate=1.0, rewarmup_steps=4, min_lr_ratio=1.0)
-    assert [lr_at(s, 20, rewarm) for s in (20, 21, 23, 24)] == pytest.approx([0.25, 0.5, 1.0, 1.0])
+    args = TrainArgs(max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, 0, args, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 0, args, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 0, args, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 0, args, 1.0) == pytest.approx(0.55)
+    assert lr_at(100, 0, args, 1.0) == pytest.approx(0.1)
+    rewarm = TrainArgs(max_steps=100, rewarmup_steps=4, min_lr_ratio=1.0)
+    assert [lr_at(s, 20, rewarm, 1.0) for s in (20, 21, 23, 24)] == pytest.approx([0.25, 0.5, 1.0, 1.0])
 
 
 def test_a_run_directory_holds_recipe_metrics_record_and_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -77,11 +81,11 @@ def test_sigkill_mid_booster_then_resume_equals_an_uninterrupted_run(tmp_path: P
     assert run_cli("train", str(straight), "--no-progress").returncode == 0
 
     # checkpoint_every=2 and kappa=3: killed after step 5, the last checkpoint is step 4, inside booster 1
-    result = run_cli("train", str(killed), "--no-progress", env={KILL_ENV: "5"})
+    result = run_cli("train", str(killed), "--no-progress", env={FAULT_ENV: "5"})
     assert result.returncode == -9, result.stderr
     run = RunDir(tmp_path / "b")
     ckpt = run.load_checkpoint()
-    assert (ckpt.step, ckpt.booster, ckpt.merged) == (4, 1, 1) and run.info()["status"] == "running"
+    assert (ckpt.step, ckpt.booster, ckpt.recorded) == (4, 1, 1) and run.info()["status"] == "running"
     assert len(run.metrics_file.read_text().splitlines()) == 5  # step 5 was logged, then lost
 
     resumed = run_cli("train", str(killed), "--resume", "--no-progress")

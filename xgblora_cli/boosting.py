@@ -1,4 +1,4 @@
-"""The boosting engine: which blocks booster t adapts, attaching and detaching adapters, merging.
+"""The boosting engine: which blocks booster t adapts, attaching and detaching its adapters.
 
 One engine serves XGBLoRA, COLA and LoRA: they differ only in the :class:`~xgblora_cli.recipe.BoosterPlan`
 values (rank, blocks per booster k, steps per booster kappa). Every random choice is seeded by position:
@@ -17,9 +17,9 @@ from torch.utils.checkpoint import checkpoint
 from xgblora_cli.adapter import LoRALinear
 from xgblora_cli.errors import UserError
 from xgblora_cli.models import find_blocks
-from xgblora_cli.recipe import BoosterPlan
-from xgblora_cli.record import Booster, MergedWeights
-from xgblora_cli.seeding import seeded_generator
+from xgblora_cli.recipe import BoosterPlan, Recipe, RecipeError, resolve_plan
+from xgblora_cli.record import MergedBooster
+from xgblora_cli.runtime import seeded_generator
 
 
 def booster_blocks(seed: int, index: int, num_layers: int, k: int) -> list[int]:
@@ -86,6 +86,14 @@ def find_targets(model: nn.Module, target_modules: list[str]) -> Targets:
     return found
 
 
+def plan_for(recipe: Recipe, model: nn.Module, source: str) -> BoosterPlan:
+    """The recipe's boosting plan on this model's depth; a bad value is a UserError naming ``source`` and the key."""
+    try:
+        return resolve_plan(recipe, len(find_blocks(model)))
+    except RecipeError as err:
+        raise UserError(f"{source}: {err.key}: {err.message}") from None
+
+
 def trainable_per_booster(targets: Targets, plan: BoosterPlan) -> int:
     """Adapter parameters of one booster (on the first k blocks): r * (d_in + d_out) per adapted layer."""
     total = 0
@@ -107,14 +115,15 @@ def _checkpointed_forward(forward, *args, **kwargs):
 
 
 class BoostingEngine:
-    """Attaches boosters to a model's blocks and merges them into its weights through ``merged``.
+    """Attaches boosters to a model's blocks and takes them off again, as factors for the record.
+
+    Folding a finished booster into the weights is :func:`xgblora_cli.merge.write_merged`'s job.
 
     Args:
         model: a causal LM whose base parameters are frozen.
         plan: rank, alpha, k and kappa.
         target_modules: attribute names of the linear layers to adapt in each block (``q_proj``, ...).
         seed: the run's seed.
-        merged: the exact-weights cache (base + merged boosters).
         gradient_checkpointing: recompute activations of adapted-and-above blocks in backward.
     """
 
@@ -124,13 +133,11 @@ class BoostingEngine:
         plan: BoosterPlan,
         target_modules: list[str],
         seed: int,
-        merged: MergedWeights,
         gradient_checkpointing: bool = False,
     ) -> None:
         self.model = model
         self.plan = plan
         self.seed = seed
-        self.merged = merged
         self.gradient_checkpointing = gradient_checkpointing
         self.blocks = find_blocks(model)
         self.targets = find_targets(model, target_modules)
@@ -168,12 +175,11 @@ class BoostingEngine:
                     setattr(parent, attr, adapter.base)
         self._set_block_modes(None)
 
-    def merge(self, booster: ActiveBooster) -> Booster:
-        """Fold the booster into the weights (exactly, from base + all factors) and detach it."""
-        record = Booster(booster.index, booster.blocks, {n: a.factors() for n, a in booster.adapters.items()})
+    def finish(self, booster: ActiveBooster) -> MergedBooster:
+        """Detach a trained booster and return its factors, the entry the record keeps and merging folds in."""
+        done = MergedBooster(booster.index, booster.blocks, {n: a.factors() for n, a in booster.adapters.items()})
         self._detach(booster)
-        self.merged.write_into(self.model, self.merged.add(record))
-        return record
+        return done
 
     def discard(self, booster: ActiveBooster) -> None:
         """Detach the booster without merging it."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Callable, Optional
@@ -13,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from xgblora_cli.errors import UserError
-from xgblora_cli.recipe import Recipe, load_recipe, recipe_to_yaml
+from xgblora_cli.recipe import Recipe
+from xgblora_cli.recipe_file import load_recipe, recipe_to_yaml
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Gradient-boosted rank-1 LoRA fine-tuning.")
 console = Console(stderr=True)
@@ -37,8 +37,8 @@ def user_errors(func: Callable) -> Callable:
 
 
 def _dry_run(recipe: Recipe, source: str) -> None:
-    from xgblora_cli.models import pick_device
     from xgblora_cli.plan import GIB, plan_recipe
+    from xgblora_cli.runtime import pick_device
 
     result = plan_recipe(recipe, source, str(pick_device(recipe.device)))
     plan, trainable = result["inputs"]["plan"], result["inputs"]["trainable_per_booster"]
@@ -74,11 +74,10 @@ def train(
     if dry_run:
         _dry_run(recipe, str(recipe_path))
         return
-    from xgblora_cli.train import start_run
+    from xgblora_cli.runner import start_run
 
     run_dir = start_run(recipe, str(recipe_path), resume=resume, overwrite=overwrite, progress=progress, memory_check=memory_check)
-    if os.environ.get("RANK", "0") == "0":
-        console.print(f"done: {run_dir}  (merge with: xgblora merge {run_dir} --out {run_dir}/merged)")
+    console.print(f"done: {run_dir}  (merge with: xgblora merge {run_dir} --out {run_dir}/merged)")  # rank 0: the others exit in start_run
 
 
 @app.command()
@@ -92,8 +91,8 @@ def plan(
     """Estimate peak training memory by component and say whether it fits."""
     import json
 
-    from xgblora_cli.models import pick_device
     from xgblora_cli.plan import GIB, device_memory, parse_size, plan_recipe
+    from xgblora_cli.runtime import pick_device
 
     recipe = load_recipe(recipe_path, overrides or [])
     if gpu_memory is not None:

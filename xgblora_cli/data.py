@@ -9,25 +9,17 @@ recipe, resumed or not.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from xgblora_cli.errors import UserError, first_line
+from xgblora_cli.errors import UserError
+from xgblora_cli.hubdata import hub_rows
 from xgblora_cli.jsonfile import read_records
 from xgblora_cli.prompts import IGNORE, PromptFormat
-from xgblora_cli.seeding import seeded_generator
-
-
-
-def _read_hub(name: str, split: str) -> list:
-    try:
-        import datasets
-
-        return list(datasets.load_dataset(name, split=split))
-    except Exception as err:
-        raise UserError(f"dataset '{name}': not a local .json/.jsonl file and not loadable from the hub: {first_line(err)}") from None
+from xgblora_cli.runtime import seeded_generator
 
 
 def load_records(spec: str, split: str = "train") -> list[dict[str, str]]:
@@ -40,7 +32,7 @@ def load_records(spec: str, split: str = "train") -> list[dict[str, str]]:
     elif path.suffix in (".json", ".jsonl") or spec.startswith((".", "/", "~")):
         raise UserError(f"dataset '{spec}': file not found")
     else:
-        raw = _read_hub(spec, split)
+        raw = hub_rows(spec, None, split, f"dataset '{spec}': not a local .json/.jsonl file and not loadable from the hub: {{error}}")
     if not raw:
         raise UserError(f"dataset '{spec}': no records")
     records = []
@@ -72,16 +64,22 @@ class Batch:
 
 
 class BatchStream:
-    """Micro-batch ``m`` of a run, the same on every call: positions ``m*B .. m*B+B-1`` of a seeded order."""
+    """Micro-batch ``m`` of a run, the same on every call: positions ``m*B .. m*B+B-1`` of a seeded order.
 
-    def __init__(self, tokenizer, records: list[dict[str, str]], batch_size: int, prompt: PromptFormat, seed: int) -> None:
+    Encoded examples are cached, the ``cache_size`` most recently used ones only, so a large dataset is not kept
+    in memory twice (once as records, once as token lists).
+    """
+
+    def __init__(self, tokenizer, records: list[dict[str, str]], batch_size: int, prompt: PromptFormat, seed: int,
+                 cache_size: int = 4096) -> None:
         self.tokenizer = tokenizer
         self.records = records
         self.batch_size = batch_size
         self.prompt = prompt
         self.seed = seed
+        self.cache_size = cache_size
         self._orders: dict[int, list[int]] = {}
-        self._encoded: dict[int, tuple[list[int], list[int]]] = {}
+        self._encoded: OrderedDict[int, tuple[list[int], list[int]]] = OrderedDict()
 
     def _order(self, epoch: int) -> list[int]:
         if epoch not in self._orders:
@@ -93,10 +91,14 @@ class BatchStream:
         """Encoded example at global position ``position`` (epoch = position // N)."""
         n = len(self.records)
         index = self._order(position // n)[position % n]
-        if index not in self._encoded:
-            prompt, response = self.prompt.render(self.tokenizer, self.records[index])
-            self._encoded[index] = self.prompt.encode(self.tokenizer, prompt, response)
-        return self._encoded[index]
+        if index in self._encoded:
+            self._encoded.move_to_end(index)
+            return self._encoded[index]
+        prompt, response = self.prompt.render(self.tokenizer, self.records[index])
+        encoded = self._encoded[index] = self.prompt.encode(self.tokenizer, prompt, response)
+        if len(self._encoded) > self.cache_size:
+            self._encoded.popitem(last=False)
+        return encoded
 
     def batch(self, micro_step: int, part: range | None = None) -> Batch:
         """Micro-batch ``micro_step``, or only its positions ``part`` (a data-parallel rank's slice)."""

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from torch import nn
 
@@ -25,12 +31,15 @@ from xgblora_cli.data import collate, load_records
 from xgblora_cli.errors import UserError
 from xgblora_cli.fsutil import atomic_write_text
 from xgblora_cli.loss import causal_lm_loss
-from xgblora_cli.models import BaseWeights, load_model, load_tokenizer, pick_device, resolve_model_dir
-from xgblora_cli.record import apply_record, boosters_at
-from xgblora_cli.rundir import RunDir
-from xgblora_cli.scoring import model_device, score_generate, score_loglik
+from xgblora_cli.merge import BaseWeights, apply_record
+from xgblora_cli.models import load_model, load_tokenizer
 from xgblora_cli.prompts import TEMPLATES, PromptFormat
 from xgblora_cli.recipe import SCORINGS
+from xgblora_cli.record import boosters_at
+from xgblora_cli.rundir import RunDir
+from xgblora_cli.runtime import pick_device
+from xgblora_cli.scoring import model_device, score_generate, score_loglik
+from xgblora_cli.sources import resolve_model_dir
 from xgblora_cli.tasks import Loaded, choice, commonsense, glue, mmlu
 
 TASKS = ["mmlu", *commonsense.FOLDERS, *glue.GLUE, "choice", "perplexity"]

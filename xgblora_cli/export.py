@@ -15,9 +15,10 @@ from pathlib import Path
 
 from xgblora_cli.errors import UserError
 from xgblora_cli.fsutil import check_writable
-from xgblora_cli.models import BaseWeights, load_model, load_tokenizer
+from xgblora_cli.merge import BaseWeights, apply_record
+from xgblora_cli.models import load_model, load_tokenizer
 from xgblora_cli.recipe import DTYPES
-from xgblora_cli.record import Record, apply_record
+from xgblora_cli.record import Record
 from xgblora_cli.rundir import RunDir
 
 

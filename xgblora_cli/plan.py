@@ -33,13 +33,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
+from xgblora_cli.boosting import find_targets, plan_for, trainable_per_booster
+from xgblora_cli.errors import UserError, first_line
 from xgblora_cli.loss import CHUNK
+from xgblora_cli.models import find_blocks, load_skeleton
 from xgblora_cli.quantized import linear_shape
-from xgblora_cli.recipe import BoosterPlan, Recipe
+from xgblora_cli.recipe import DTYPE_BYTES, BoosterPlan, Recipe
+from xgblora_cli.sources import ALIASES, resolve_model_dir
 
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 CUDA_RUNTIME = int(0.75 * 2**30)  # CUDA context, cuBLAS workspaces, allocator slack (typical for torch 2.x)
 GIB = 2**30
 
@@ -96,6 +100,11 @@ def weight_bytes(s: Shape, b: int, quantization: str) -> int:
     return int(quantized + (s.params - s.block_linear_params) * b)
 
 
+def record_bytes(plan: BoosterPlan, trainable: int) -> int:
+    """The record's size: every booster's factors in fp32 (``trainable`` values per booster)."""
+    return plan.num_boosters * trainable * 4
+
+
 def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device: str, world: int = 1) -> dict:
     """Peak bytes by component, their sum and the inputs used, as a JSON-ready dict."""
     b = DTYPE_BYTES[recipe.dtype]
@@ -106,7 +115,7 @@ def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device
         saved = s.layers * s.hidden * b + frozen_block_bytes(s, b) + adapter_extra_bytes(s, b, plan.rank)
     else:
         saved = s.layers * frozen_block_bytes(s, b) + k * adapter_extra_bytes(s, b, plan.rank)
-    record = plan.num_boosters * trainable * 4
+    record = record_bytes(plan, trainable)
     on_device = recipe.quantization != "none" or not device.startswith("cuda")  # else it stays in host memory
     components = {
         "weights": weight_bytes(s, b, recipe.quantization),
@@ -137,8 +146,6 @@ def parse_size(text: str) -> int:
 
 def device_memory(device: str) -> int:
     """Total memory of ``device``: the GPU's, or the machine's RAM for the CPU."""
-    import torch
-
     if device.startswith("cuda"):
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
     for line in open("/proc/meminfo", encoding="ascii"):
@@ -149,9 +156,8 @@ def device_memory(device: str) -> int:
 
 def config_dir(recipe: Recipe) -> Path:
     """A folder with the model's ``config.json``: a local folder as it is (weights not needed, so a config-only
-    folder such as ``recipes/shapes/llama3-8b`` plans too), only ``config.json`` of a hub id, else the model."""
-    from xgblora_cli.models import resolve_model_dir
-
+    folder such as ``recipes/shapes/llama3-8b`` plans too), only ``config.json`` of a hub id (never its weights:
+    a hub failure is a one-line error), else the converted model (an alias or ``.gguf`` file)."""
     local = Path(recipe.model).expanduser()
     if (local / "config.json").is_file():
         return local
@@ -160,17 +166,14 @@ def config_dir(recipe: Recipe) -> Path:
             from huggingface_hub import hf_hub_download
 
             return Path(hf_hub_download(recipe.model, "config.json")).parent
-        except Exception:
-            pass  # resolve_model_dir below gives the one-line error
+        except Exception as err:  # network, auth, missing repo: all user-facing
+            raise UserError(f"model '{recipe.model}': not a local folder, .gguf file or alias ({', '.join(ALIASES)}), and the "
+                            f"hub could not provide its config.json: {first_line(err)}") from None
     return resolve_model_dir(recipe.model, recipe.allow_pickle, recipe.trust_remote_code)
 
 
 def plan_recipe(recipe: Recipe, source: str, device: str, world: int = 1) -> dict:
     """Estimate a recipe from its model's skeleton (config only: nothing is loaded or downloaded beyond it)."""
-    from xgblora_cli.boosting import find_targets, trainable_per_booster
-    from xgblora_cli.models import find_blocks, load_skeleton
-    from xgblora_cli.train import plan_for
-
     model = load_skeleton(config_dir(recipe), recipe.trust_remote_code)
     booster_plan = plan_for(recipe, model, source)
     trainable = trainable_per_booster(find_targets(model, recipe.target_modules), booster_plan)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class TrainProgress:
@@ -49,3 +56,19 @@ class TrainProgress:
             eta_text = f"  ETA {int(eta) // 60}:{int(eta) % 60:02d}" if eta is not None else ""
             self.console.print(f"step {step}/{self.total}  {stats}{eta_text}", highlight=False)
 
+
+
+class NoProgress:
+    """The display off the main rank or with ``--no-progress``: no bar, notes as plain lines."""
+
+    def __enter__(self) -> "NoProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, *args: object) -> None:
+        return None
+
+    def note(self, message: str) -> None:
+        print(message, flush=True)

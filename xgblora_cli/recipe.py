@@ -1,8 +1,8 @@
-"""Typed recipe settings: YAML loading, ``dotted.key=value`` overrides, validation, method presets.
+"""Typed recipe settings: the fields (each with its docstring), their validation, method presets, the boosting plan.
 
-A recipe is plain data. Every field is checked for its type on load and for its range in
-``__post_init__``; a bad value raises :class:`RecipeError` naming the key, which the loader turns
-into a :class:`UserError` that also names the file. Nothing here imports torch.
+A recipe is plain data. Every field is checked for its range in ``__post_init__``; a bad value raises
+:class:`RecipeError` naming the key, which the loader (:mod:`xgblora_cli.recipe_file`, which also checks types)
+turns into a :class:`UserError` that also names the file. Nothing here imports torch.
 
 XGBLoRA, COLA and LoRA are *presets*: default values of ``rank``, ``layers_per_booster`` and the
 number of boosters, for one and the same boosting loop (see ``docs`` in the README).
@@ -10,24 +10,19 @@ number of boosters, for one and the same boosting loop (see ``docs`` in the READ
 
 from __future__ import annotations
 
-import copy
+import ast
 import dataclasses
-import difflib
+import inspect
 import math
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-import yaml
-
-from xgblora_cli.errors import UserError
 from xgblora_cli.prompts import TEMPLATES
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # the one dtype table: names and bytes per value
+DTYPES = tuple(DTYPE_BYTES)
 SCORINGS = ("label", "loglik", "generate")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -77,20 +72,35 @@ class TrainArgs:
     """The optimisation settings of a run (the ``train:`` block)."""
 
     max_steps: int = 100
+    """Optimizer steps S of the whole run (the budget); one global learning-rate schedule spans them."""
     batch_size: int = 4
+    """Examples per micro-batch; with several data-parallel ranks the global batch, divided among them."""
     grad_accum: int = 1
-    learning_rate: float | None = None  # None: the method preset's rate (filled in by Recipe)
+    """Micro-batches summed into each optimizer step (the effective batch is batch_size x grad_accum)."""
+    learning_rate: float | None = None
+    """Peak learning rate; unset: the method preset's (xgblora 3e-3, cola and lora 3e-4; see Recipe.learning_rate)."""
     warmup_steps: int = 0
+    """Linear warmup steps at the start of the run, before the cosine decay."""
     rewarmup_steps: int = 0
+    """An extra linear re-warmup over the first steps of each booster (0: none)."""
     min_lr_ratio: float = 0.1
+    """Where the cosine decay ends, as a fraction of the peak rate."""
     weight_decay: float = 0.0
+    """AdamW's weight decay on the adapters."""
     max_grad_norm: float = 1.0
+    """Clip the adapters' gradient norm to this (0: no clipping)."""
     max_seq_len: int = 512
+    """Tokens per example at most (the prompt is cut from the left, the response keeps at least half); eval of the run uses it too."""
     gradient_checkpointing: bool = False
+    """Recompute the activations of the adapted-and-above blocks in backward (less memory, more compute)."""
     checkpoint_every: int = 25
-    snapshot_every: int = 0  # 0: none; else keep the state every N steps for `eval/merge --step N` (learning curves)
+    """Write a resumable checkpoint every N steps (and at every merge); a crash loses at most the steps since."""
+    snapshot_every: int = 0
+    """Keep the run's state every N steps in snapshots/ for `xgblora eval RUN --step N` (learning curves); 0: none."""
     log_every: int = 1
+    """Write a metrics.jsonl row every N steps."""
     max_failed_boosters: int = 3
+    """Stop after this many diverged (discarded) boosters in a row."""
 
     def __post_init__(self) -> None:
         for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "checkpoint_every", "log_every", "max_failed_boosters"):
@@ -109,10 +119,15 @@ class EvalArgs:
     """What ``xgblora eval RUN_DIR`` runs when no ``--task`` is given (the ``eval:`` block)."""
 
     tasks: list[str] = field(default_factory=list)
+    """Tasks `xgblora eval RUN` runs without --task (e.g. [sst2])."""
     data: str = ""
+    """Local data for those tasks: a file, or a folder laid out like shared/data (empty: the hub)."""
     limit: int | None = None
+    """Score a fixed, seeded subset of N questions per task (null: all)."""
     shots: int = 0
+    """MMLU: worked examples from the dev split (0-5)."""
     scoring: str = "label"
+    """label (the answer in the training format after the run's prompt), loglik or generate."""
 
     def __post_init__(self) -> None:
         _require(self.limit is None or self.limit >= 1, "eval.limit", f"must be >= 1, got {self.limit}")
@@ -125,24 +140,43 @@ class Recipe:
     """A whole training recipe (the top level of the YAML file)."""
 
     model: str
+    """An alias (smollm2-135m), a .gguf file, a local Hugging Face folder (safetensors) or a hub id; never written to."""
     dataset: str
+    """Training data: a local .json/.jsonl file of {instruction, input, output} records, or a hub dataset name."""
     output_dir: str
+    """The run directory (created; replaced only with --overwrite, continued with --resume)."""
     method: str = "xgblora"
+    """xgblora, cola or lora: the preset that fills in rank, layers_per_booster, steps_per_booster and the learning rate."""
     rank: int | None = None
+    """Adapter rank r (unset: the preset's; xgblora 1, cola/lora 8)."""
     alpha: float | None = None
+    """Adapter scale is alpha / r (unset: 2 x rank)."""
     layers_per_booster: int | str | None = None
+    """k, transformer blocks each booster adapts, drawn at random, or 'all' (unset: xgblora 4, cola/lora all)."""
     steps_per_booster: int | None = None
+    """kappa, optimizer steps each booster trains before it is merged (unset: xgblora 10, cola S/3, lora S)."""
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """Linear layers adapted in each chosen block (q, k, v, o, gate, up, down _proj)."""
     dtype: str = "float32"
+    """float32, bfloat16 or float16 for the base weights (adapters are always fp32)."""
     quantization: str = "none"
+    """none, 4bit (NF4) or 8bit: the blocks' linear layers through bitsandbytes; dtype is then the compute dtype."""
     seed: int = 0
+    """Seeds block draws, adapter init and data order, by position (a resumed run draws the same)."""
     dataset_split: str = "train"
+    """The split of a hub dataset."""
     prompt_template: str = "auto"
+    """auto (the tokenizer's chat template when it has one, else plain), chat or plain (Alpaca text)."""
     device: str = "auto"
+    """auto (CUDA when present, else CPU), cpu, cuda or cuda:N."""
     trust_remote_code: bool = False
+    """Run Python code shipped with a model (auto_map); off unless you set it."""
     allow_pickle: bool = False
+    """Accept a model folder with only pickle weights (.bin/.pt); converted once to safetensors."""
     train: TrainArgs = field(default_factory=TrainArgs)
+    """The optimisation settings (the train: block)."""
     eval: EvalArgs = field(default_factory=EvalArgs)
+    """What `xgblora eval RUN` runs without --task (the eval: block)."""
 
     def __post_init__(self) -> None:
         _require(self.method in PRESETS, "method", f"must be one of {', '.join(PRESETS)}, got {self.method!r}")
@@ -168,11 +202,17 @@ class Recipe:
         _require(bool(DEVICE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
-        if self.train.learning_rate is None:
-            self.train.learning_rate = PRESETS[self.method].learning_rate
+
+    @property
+    def learning_rate(self) -> float:
+        """The peak learning rate: ``train.learning_rate``, or the method preset's when the recipe leaves it out."""
+        return self.train.learning_rate if self.train.learning_rate is not None else PRESETS[self.method].learning_rate
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The recipe as plain data with the preset's learning rate filled in (what run directories store)."""
+        data = dataclasses.asdict(self)
+        data["train"]["learning_rate"] = self.learning_rate
+        return data
 
 
 @dataclass(frozen=True)
@@ -210,146 +250,13 @@ def resolve_plan(recipe: Recipe, num_layers: int) -> BoosterPlan:
     return BoosterPlan(rank, float(alpha), k, kappa, math.ceil(steps / kappa), num_layers)
 
 
-# ----------------------------------------------------------------------------- loading
-
-
-def _type_name(hint: Any) -> str:
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is list:
-        return "a list of strings"
-    return names.get(hint, str(hint))
-
-
-def _coerce(key: str, value: Any, hint: Any) -> Any:
-    """Check ``value`` against a field's type hint, converting the few safe cases (``1e-4`` strings)."""
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        args = typing.get_args(hint)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(key, value, arg)
-            except RecipeError:
-                continue
-        raise RecipeError(key, f"expected {_type_name(hint)}, got {value!r}")
-    if typing.get_origin(hint) is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise RecipeError(key, f"expected a list of strings, got {value!r}")
-    if hint is bool and isinstance(value, bool):
-        return value
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is float and not isinstance(value, bool):
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    if hint is str and isinstance(value, str):
-        return value
-    if hint is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    raise RecipeError(key, f"expected {_type_name(hint)}, got {value!r}")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    """Make dataclass ``cls`` from ``data``, rejecting unknown keys and wrong types."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in hints:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; allowed: {', '.join(names)}"
-            raise RecipeError(full, f"unknown key{hint}")
-        if dataclasses.is_dataclass(hints[key]):
-            if not isinstance(value, dict):
-                raise RecipeError(full, f"expected a mapping of settings, got {value!r}")
-            kwargs[key] = _build(hints[key], value, f"{full}.")
-        else:
-            kwargs[key] = _coerce(full, value, hints[key])
-    missing = [
-        n for f in dataclasses.fields(cls) if (n := f.name) not in kwargs
-        and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
-    ]
-    if missing:
-        raise RecipeError(f"{prefix}{missing[0]}", "is required")
-    return cls(**kwargs)
-
-
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Set ``dotted.key=value`` in the nested dict ``data``; the value is parsed as YAML."""
-    if "=" not in override:
-        raise RecipeError(override, "an override must look like dotted.key=value, e.g. train.max_steps=50")
-    key, raw = override.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise RecipeError(key, "an override must look like dotted.key=value")
-    node = data
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise RecipeError(key, f"'{part}' is not a block of settings")
-    try:
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        node[parts[-1]] = raw
-
-
-def recipe_from_dict(data: dict[str, Any], source: str, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
-    """Build a validated recipe from parsed YAML plus overrides; errors name ``source`` and the key."""
-    data = copy.deepcopy(data)
-    try:
-        for override in overrides:
-            apply_override(data, override)
-    except RecipeError as err:
-        raise UserError(f"override {err.key!r}: {err.message}") from None
-    try:
-        return _build(Recipe, data, "")
-    except RecipeError as err:
-        raise UserError(f"{source}: {err.key}: {err.message}") from None
-
-
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:  # type: ignore[assignment]
-    """Read a YAML recipe safely and validate it; relative data paths are resolved later."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: recipe file not found")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        raise UserError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', err)}") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not a UTF-8 text file") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a recipe must be a mapping of settings (key: value), got {type(data).__name__}")
-    recipe = recipe_from_dict(data, str(path), overrides)
-    recipe.model = _near(recipe.model, path.parent)
-    recipe.dataset = _near(recipe.dataset, path.parent)
-    if recipe.eval.data:
-        recipe.eval.data = _near(recipe.eval.data, path.parent)
-    return recipe
-
-
-def _near(value: str, recipe_dir: Path) -> str:
-    """A relative path that is missing from the working directory but exists beside the recipe."""
-    candidate = recipe_dir / value
-    if not Path(value).is_absolute() and not Path(value).exists() and candidate.exists():
-        return str(candidate)
-    return value
-
-
-def recipe_to_yaml(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+def field_docs(cls: type) -> dict[str, str]:
+    """``{field: the docstring under it}`` of a settings dataclass, read from its source (litgpt's style)."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+                docs[node.target.id] = following.value.value
+    return docs

@@ -32,7 +32,7 @@ class Checkpoint:
     """Where a run stands after ``step`` optimizer steps."""
 
     step: int
-    merged: int  # boosters in the record
+    recorded: int  # boosters in the record (stored as "merged" in the file)
     booster: int | None  # index of the booster in flight, None between boosters
     adapters: dict[str, torch.Tensor]
     optimizer: dict  # torch optimizer state_dict
@@ -90,7 +90,7 @@ class RunDir:
 
     def recipe(self):  # -> Recipe
         """The recipe this run was started with (as stored in ``recipe.yaml``)."""
-        from xgblora_cli.recipe import load_recipe
+        from xgblora_cli.recipe_file import load_recipe
 
         return load_recipe(self.recipe_file)
 
@@ -138,7 +138,7 @@ class RunDir:
         tensors["rng"] = ckpt.rng
         meta = {
             "step": ckpt.step,
-            "merged": ckpt.merged,
+            "merged": ckpt.recorded,
             "booster": ckpt.booster,
             "attempt": ckpt.attempt,
             "failures": ckpt.failures,
@@ -172,13 +172,13 @@ class RunDir:
         return Checkpoint(meta["step"], meta["merged"], meta["booster"], adapters, optimizer, tensors["rng"],
                           meta.get("attempt", 0), meta.get("failures", 0))
 
-    def save_snapshot(self, step: int, merged: int, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Keep the state after ``step``: ``merged`` boosters of the record plus the booster in flight's factors
+    def save_snapshot(self, step: int, recorded: int, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Keep the state after ``step``: ``recorded`` boosters of the record plus the booster in flight's factors
         ``{weight name: (U (d_out, r), V (r, d_in))}`` (empty between boosters)."""
         from safetensors.torch import save
 
         tensors = {f"{name}::{part}": t.contiguous() for name, (u, v) in factors.items() for part, t in (("U", u), ("V", v))}
-        meta = {"xgblora": json.dumps({"step": step, "merged": merged})}
+        meta = {"xgblora": json.dumps({"step": step, "recorded": recorded})}
         atomic_write_bytes(self.path / SNAPSHOTS / f"step_{step:06d}.safetensors", save(tensors, metadata=meta))
 
     def snapshot_steps(self) -> list[int]:
@@ -186,7 +186,7 @@ class RunDir:
         return sorted(int(p.stem.split("_")[1]) for p in folder.glob("step_*.safetensors")) if folder.is_dir() else []
 
     def load_snapshot(self, step: int) -> tuple[int, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-        """(boosters of the record merged by ``step``, the in-flight booster's factors) of a kept snapshot."""
+        """(boosters in the record at ``step``, the in-flight booster's factors) of a kept snapshot."""
         from safetensors import safe_open
 
         path = self.path / SNAPSHOTS / f"step_{step:06d}.safetensors"
@@ -196,9 +196,9 @@ class RunDir:
             raise UserError(f"--step {step}: {self.path} has no snapshot of step {step}; {have}")
         try:
             with safe_open(path, framework="pt") as handle:
-                merged = json.loads(handle.metadata()["xgblora"])["merged"]
+                recorded = json.loads(handle.metadata()["xgblora"])["recorded"]
                 tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except Exception as err:
             raise UserError(f"{path}: snapshot unreadable ({err}); the run directory is corrupt") from None
         names = sorted({key.rsplit("::", 1)[0] for key in tensors})
-        return merged, {name: (tensors[f"{name}::U"], tensors[f"{name}::V"]) for name in names}
+        return recorded, {name: (tensors[f"{name}::U"], tensors[f"{name}::V"]) for name in names}

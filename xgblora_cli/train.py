@@ -3,40 +3,37 @@
 The loop is the same for every method; the plan (rank, k, kappa) decides whether it is XGBLoRA, COLA or LoRA.
 Order of durable writes at the end of a booster: its factors into the record, then the checkpoint that says
 the booster is merged. A crash between the two is repaired on resume by truncating the record to the
-checkpoint's count, so a booster is never merged twice.
+checkpoint's count, so a booster is never merged twice. Loading, checks and the run directory's creation are
+:mod:`xgblora_cli.runner`'s; this module only trains what it is given.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from xgblora_cli.boosting import ActiveBooster, BoostingEngine, find_targets, trainable_per_booster
-from xgblora_cli.data import BatchStream, load_records
-from xgblora_cli.distributed import SINGLE, Ranks, check_batch, exit_worker, init_from_env, shutdown
+from xgblora_cli.boosting import ActiveBooster, BoostingEngine
+from xgblora_cli.data import BatchStream
 from xgblora_cli.errors import UserError
-from xgblora_cli.fsutil import check_writable
 from xgblora_cli.loss import causal_lm_loss
-from xgblora_cli.models import BaseWeights, find_blocks, load_model, load_tokenizer, pick_device, resolve_model_dir
-from xgblora_cli.progress import TrainProgress
+from xgblora_cli.merge import BaseWeights, FactorStack, apply_record, write_merged
+from xgblora_cli.progress import NoProgress, TrainProgress
 from xgblora_cli.prompts import PromptFormat
-from xgblora_cli.recipe import BoosterPlan, Recipe, RecipeError, TrainArgs, recipe_to_yaml, resolve_plan
-from xgblora_cli.record import MergedWeights, Record, apply_record
+from xgblora_cli.recipe import BoosterPlan, Recipe, TrainArgs
+from xgblora_cli.record import Record
 from xgblora_cli.rundir import Checkpoint, RunDir
+from xgblora_cli.runtime import SINGLE, Ranks
 
-KILL_ENV = "XGBLORA_TEST_SIGKILL_AT_STEP"  # fault injection for the resume test: SIGKILL self after this step
 
-
-def lr_at(step: int, booster_start: int, args: TrainArgs) -> float:
-    """Learning rate of optimizer step ``step`` (0-based): linear warmup, cosine decay over all steps to
-    ``min_lr_ratio``, times an optional linear re-warmup over the first ``rewarmup_steps`` of each booster."""
+def lr_at(step: int, booster_start: int, args: TrainArgs, peak: float) -> float:
+    """Learning rate of optimizer step ``step`` (0-based): linear warmup to ``peak``, cosine decay over all steps
+    to ``min_lr_ratio``, times an optional linear re-warmup over the first ``rewarmup_steps`` of each booster."""
     if step < args.warmup_steps:
         factor = (step + 1) / args.warmup_steps
     else:
@@ -45,12 +42,12 @@ def lr_at(step: int, booster_start: int, args: TrainArgs) -> float:
         factor = args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     if args.rewarmup_steps:
         factor *= min(1.0, (step - booster_start + 1) / args.rewarmup_steps)
-    return args.learning_rate * factor
+    return peak * factor
 
 
-def make_optimizer(booster: ActiveBooster, args: TrainArgs) -> torch.optim.Optimizer:
+def make_optimizer(booster: ActiveBooster, args: TrainArgs, peak: float) -> torch.optim.Optimizer:
     """A fresh AdamW over this booster's adapters only: moments of merged boosters are gone."""
-    return torch.optim.AdamW(booster.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    return torch.optim.AdamW(booster.parameters(), lr=peak, weight_decay=args.weight_decay)
 
 
 @dataclass
@@ -68,47 +65,25 @@ class Setup:
     ranks: Ranks = SINGLE
 
 
-def plan_for(recipe: Recipe, model: nn.Module, source: str) -> BoosterPlan:
-    try:
-        return resolve_plan(recipe, len(find_blocks(model)))
-    except RecipeError as err:
-        raise UserError(f"{source}: {err.key}: {err.message}") from None
-
-
-def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:
-    """Load the model and the data, check the recipe against them. Raises UserError on bad input."""
-    check_batch(ranks, recipe.train.batch_size, source)
-    device = pick_device(recipe.device, ranks.local_rank)
-    model_dir = resolve_model_dir(recipe.model, recipe.allow_pickle, recipe.trust_remote_code)
-    model = load_model(model_dir, recipe.dtype, device, recipe.trust_remote_code, recipe.quantization)
-    plan = plan_for(recipe, model, source)
-    trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
-    tokenizer = load_tokenizer(model_dir, recipe.trust_remote_code)
-    records = load_records(recipe.dataset, recipe.dataset_split)
-    try:
-        prompt = PromptFormat.resolve(tokenizer, recipe.prompt_template, recipe.train.max_seq_len)
-        stream = BatchStream(tokenizer, records, recipe.train.batch_size, prompt, recipe.seed)
-        stream.batch(0)  # render one batch now: template problems surface before anything is written
-    except UserError as err:
-        raise UserError(f"{source}: {err}") from None
-    return Setup(recipe, plan, model_dir, model, stream, trainable, device, prompt, ranks)
-
-
 class Trainer:
     """Runs the boosting loop of ``setup`` into ``run``, from scratch or from its checkpoint."""
 
-    def __init__(self, setup: Setup, run: RunDir, show_progress: bool = True) -> None:
+    def __init__(self, setup: Setup, run: RunDir, show_progress: bool = True,
+                 after_step: Callable[[int], None] | None = None) -> None:
         self.setup = setup
         self.args = setup.recipe.train
+        self.peak_lr = setup.recipe.learning_rate
         self.plan = setup.plan
         self.run = run
         self.record = Record(run.path)
         self.ranks = setup.ranks
         self.show_progress = show_progress and self.ranks.main
+        self.after_step = after_step  # a test's fault injection (runtime.fault_injection), else None
         torch.manual_seed(setup.recipe.seed)
-        self.merged = MergedWeights(BaseWeights(setup.model_dir))
+        self.base = BaseWeights(setup.model_dir)
+        self.stack = FactorStack()  # the merged boosters' factors: the record, in memory
         self.engine = BoostingEngine(
-            setup.model, setup.plan, setup.recipe.target_modules, setup.recipe.seed, self.merged,
+            setup.model, setup.plan, setup.recipe.target_modules, setup.recipe.seed,
             gradient_checkpointing=self.args.gradient_checkpointing,
         )
         self.step = 0
@@ -120,16 +95,15 @@ class Trainer:
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint: replay the record, rebuild the booster in flight and its optimizer."""
         if self.ranks.main:
-            self.record.truncate(ckpt.merged)
-        boosters = self.record.load()[: ckpt.merged]
-        self.merged = apply_record(self.setup.model, self.merged.base, boosters)
-        self.engine.merged = self.merged
+            self.record.truncate(ckpt.recorded)
+        boosters = self.record.load()[: ckpt.recorded]
+        self.stack = apply_record(self.setup.model, self.base, boosters)
         self.step = ckpt.step
         self.attempt, self.failures = ckpt.attempt, ckpt.failures
         if ckpt.booster is not None:
             self.booster = self.engine.start(ckpt.booster, ckpt.attempt)
             self.booster.load_tensors(ckpt.adapters)
-            self.optimizer = make_optimizer(self.booster, self.args)
+            self.optimizer = make_optimizer(self.booster, self.args, self.peak_lr)
             self.optimizer.load_state_dict(ckpt.optimizer)
         torch.set_rng_state(ckpt.rng)
         if self.ranks.main:
@@ -145,7 +119,7 @@ class Trainer:
         booster = self.booster
         self.run.save_checkpoint(Checkpoint(
             step=self.step,
-            merged=len(self.record),
+            recorded=len(self.record),
             booster=None if booster is None else booster.index,
             adapters={} if booster is None else booster.tensors(),
             optimizer={"state": {}} if self.optimizer is None else self.optimizer.state_dict(),
@@ -153,6 +127,16 @@ class Trainer:
             attempt=self.attempt,
             failures=self.failures,
         ))
+
+    def _merge(self, booster: ActiveBooster) -> None:
+        """Fold a finished booster into the weights exactly and append it to the record (rank 0 writes)."""
+        done = self.engine.finish(booster)
+        self.ranks.check_same(done.digest(), f"booster {done.index + 1}")
+        write_merged(self.setup.model, self.base, self.stack, self.stack.add(done))
+        if self.ranks.main:
+            self.record.append(done)
+        self.booster, self.optimizer = None, None
+        self.failures = 0
 
     def _snapshot(self) -> None:
         """Keep the state after this step (the record's length and the booster in flight) for eval --step."""
@@ -176,13 +160,13 @@ class Trainer:
             self._checkpoint()
             raise UserError(
                 f"training diverged: {self.failures} boosters in a row were discarded (train.max_failed_boosters); "
-                f"lower train.learning_rate (now {self.args.learning_rate:g}) and --resume, or start again"
+                f"lower train.learning_rate (now {self.peak_lr:g}) and --resume, or start again"
             )
 
     def _train_step(self) -> tuple[float, int]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, tokens seen)."""
         assert self.booster is not None and self.optimizer is not None
-        lr = lr_at(self.step, self.booster.index * self.plan.steps_per_booster, self.args)
+        lr = lr_at(self.step, self.booster.index * self.plan.steps_per_booster, self.args, self.peak_lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.setup.model.train()
@@ -206,12 +190,11 @@ class Trainer:
 
     def fit(self) -> None:
         total, kappa = self.args.max_steps, self.plan.steps_per_booster
-        kill_at = int(os.environ.get(KILL_ENV, "-1"))
-        with TrainProgress(total, self.step) if self.show_progress else _NoProgress() as bar:
+        with TrainProgress(total, self.step) if self.show_progress else NoProgress() as bar:
             while self.step < total:
                 if self.booster is None:
                     self.booster = self.engine.start(self.step // kappa, self.attempt)
-                    self.optimizer = make_optimizer(self.booster, self.args)
+                    self.optimizer = make_optimizer(self.booster, self.args, self.peak_lr)
                 started = time.perf_counter()
                 loss, tokens = self._train_step()
                 lr = self.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
@@ -226,124 +209,14 @@ class Trainer:
                 bar.update(self.step, loss, lr, index, self.plan.num_boosters, speed)
                 booster_done = self.step % kappa == 0 or self.step == total
                 if booster_done and self.booster is not None:
-                    merged = self.engine.merge(self.booster)
-                    self.ranks.check_same(merged.digest(), f"booster {merged.index + 1}")
-                    if self.ranks.main:
-                        self.record.append(merged)
-                    self.booster, self.optimizer = None, None
-                    self.failures = 0
+                    self._merge(self.booster)
                 if booster_done:
                     self.attempt = 0
                 if booster_done or self.step % self.args.checkpoint_every == 0:
                     self._checkpoint()
                 if self.args.snapshot_every and self.step % self.args.snapshot_every == 0 and self.ranks.main:
                     self._snapshot()
-                if self.step == kill_at:
-                    os.kill(os.getpid(), signal.SIGKILL)
+                if self.after_step is not None:
+                    self.after_step(self.step)
         if self.ranks.main:
             self.run.write_info({**self.run.info(), "status": "complete", "steps": self.step})
-
-
-def _first_difference(stored: dict, given: dict, prefix: str = "") -> str | None:
-    for key in sorted(set(stored) | set(given)):
-        a, b = stored.get(key), given.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, f"{prefix}{key}.")
-            if found:
-                return found
-        elif a != b:
-            return f"{prefix}{key} (run: {a!r}, now: {b!r})"
-    return None
-
-
-def _check_resumable(run: RunDir, recipe: Recipe) -> None:
-    import yaml
-
-    if not run.is_run():
-        raise UserError(f"--resume: {run.path} holds no run to resume (no recipe.yaml / run.json)")
-    stored = yaml.safe_load(run.recipe_file.read_text())
-    given = recipe.to_dict()
-    stored.pop("eval", None), given.pop("eval", None)  # evaluation settings do not change training
-    diff = _first_difference(stored, given)
-    if diff:
-        raise UserError(f"--resume: the recipe differs from the one {run.path} was started with: {diff}")
-
-
-def check_fits(recipe: Recipe, source: str, ranks: Ranks) -> None:
-    """Refuse, with the numbers, a run whose memory plan exceeds its device (``--no-memory-check`` skips this)."""
-    from xgblora_cli.plan import device_memory, plan_recipe, summary_line
-
-    device = str(pick_device(recipe.device, ranks.local_rank))
-    result, budget = plan_recipe(recipe, source, device, ranks.world), device_memory(device)
-    if budget and result["peak_bytes"] > budget:
-        raise UserError(
-            f"{source}: the memory plan does not fit {device}: {summary_line(result, budget)}; lower train.batch_size or "
-            "train.max_seq_len, set train.gradient_checkpointing: true or quantization: 4bit (see xgblora plan), "
-            "or pass --no-memory-check"
-        )
-
-
-def start_run(
-    recipe: Recipe, source: str, resume: bool = False, overwrite: bool = False, progress: bool = True, memory_check: bool = True,
-) -> Path:
-    """Train ``recipe`` into its output_dir (new, replaced with ``overwrite``, or continued with ``resume``).
-
-    Under ``torchrun`` every rank runs this; the checks are read-only and run everywhere (so every rank
-    fails alike), while creating and writing the run directory is rank 0's alone.
-    """
-    ranks = init_from_env(recipe.device)
-    try:
-        if memory_check:
-            check_fits(recipe, source, ranks)
-        path = _train(recipe, source, resume, overwrite, progress, ranks)
-    finally:
-        shutdown(ranks)
-    exit_worker(ranks)
-    return path
-
-
-def _train(recipe: Recipe, source: str, resume: bool, overwrite: bool, progress: bool, ranks: Ranks) -> Path:
-    run = RunDir(recipe.output_dir)
-    if resume:
-        _check_resumable(run, recipe)
-        if run.info().get("status") == "complete":
-            print(f"{run.path}: the run is already complete", flush=True)
-            return run.path
-    else:
-        run.check_new(overwrite)
-    setup = prepare(recipe, source, ranks)
-    ranks.barrier()  # every rank has passed its checks before rank 0 replaces or creates anything
-    if ranks.main:
-        # the record (4 bytes per factor entry per booster) plus two checkpoints with AdamW moments, and slack
-        need = setup.plan.num_boosters * setup.trainable * 4 + 2 * setup.trainable * 12 + 16 * 2**20
-        check_writable(run.path, need, "output_dir")
-        if not resume:
-            info = {"model": recipe.model, "model_dir": str(setup.model_dir.resolve()), "dtype": recipe.dtype,
-                    "plan": setup.plan.__dict__, "trainable_per_booster": setup.trainable, "ranks": ranks.world,
-                    "prompt_format": setup.prompt.to_dict()}
-            run.create(recipe_to_yaml(recipe), info, overwrite)
-    ranks.barrier()
-    trainer = Trainer(setup, run, show_progress=progress)
-    ckpt = run.load_checkpoint() if resume else None
-    if ckpt is not None:
-        trainer.restore(ckpt)
-    elif resume and ranks.main:
-        trainer.record.truncate(0)
-        run.truncate_metrics(0)
-    ranks.barrier()
-    trainer.fit()
-    return run.path
-
-
-class _NoProgress:
-    def __enter__(self) -> "_NoProgress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def update(self, *args: object) -> None:
-        return None
-
-    def note(self, message: str) -> None:
-        print(message, flush=True)

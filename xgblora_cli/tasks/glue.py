@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from xgblora_cli.errors import UserError, first_line
+from xgblora_cli.errors import UserError
+from xgblora_cli.hubdata import hub_rows
 from xgblora_cli.tasks import Loaded, Question, collect
 from xgblora_cli.tasks.commonsense import to_question
 
@@ -125,13 +126,9 @@ def data_file(task: str, data: Path) -> Path:
 
 
 def _hub_rows(task: str) -> list[dict]:
-    try:
-        import datasets
-
-        return list(datasets.load_dataset("nyu-mll/glue", GLUE[task].hub_config, split="validation"))
-    except Exception as err:
-        raise UserError(f"task '{task}': could not read nyu-mll/glue ({GLUE[task].hub_config}) from the hub "
-                        f"({first_line(err)}); pass --data with a GLUE .tsv file or folder") from None
+    config = GLUE[task].hub_config
+    return hub_rows("nyu-mll/glue", config, "validation", f"task '{task}': could not read nyu-mll/glue ({config}) from the hub "
+                    "({error}); pass --data with a GLUE .tsv file or folder")
 
 
 def load(task: str, data: Path | None) -> Loaded:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from xgblora_cli.errors import UserError, first_line
+from xgblora_cli.hubdata import hub_rows
 
 Row = dict
 
@@ -75,12 +75,7 @@ SOURCES: dict[str, tuple[str, str | None, str, Callable[[Row], dict]]] = {
 def load_records(task: str) -> list[dict | str]:
     """The task's evaluation split from the hub, as LLM-Adapters records (or a reason string per bad row)."""
     name, config, split, convert = SOURCES[task]
-    try:
-        import datasets
-
-        rows = datasets.load_dataset(name, config, split=split)
-    except Exception as err:
-        raise UserError(f"task '{task}': could not read {name} from the hub ({first_line(err)}); pass --data with local files") from None
+    rows = hub_rows(name, config, split, f"task '{task}': could not read {name} from the hub ({{error}}); pass --data with local files")
     records: list[dict | str] = []
     for number, row in enumerate(rows):
         try:

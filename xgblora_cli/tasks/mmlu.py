@@ -10,7 +10,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from xgblora_cli.errors import UserError, first_line
+from xgblora_cli.errors import UserError
+from xgblora_cli.hubdata import hub_rows
 from xgblora_cli.tasks import Loaded, Question
 
 LETTERS = ["A", "B", "C", "D"]
@@ -89,12 +90,7 @@ def _local(data: Path, split: str) -> dict[str, list[Row | str]]:
 
 
 def _hub(split: str) -> dict[str, list[Row | str]]:
-    try:
-        import datasets
-
-        rows = datasets.load_dataset("cais/mmlu", "all", split=split)
-    except Exception as err:
-        raise UserError(f"task 'mmlu': could not read cais/mmlu from the hub ({first_line(err)}); pass --data") from None
+    rows = hub_rows("cais/mmlu", "all", split, "task 'mmlu': could not read cais/mmlu from the hub ({error}); pass --data")
     found: dict[str, list[Row | str]] = {}
     for row in rows:
         found.setdefault(row["subject"], []).append((row["question"], list(row["choices"]), int(row["answer"])))

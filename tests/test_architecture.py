@@ -1,0 +1,66 @@
+"""House rules of the package, checked on its source: no import cycle (function-level imports included), Typer
+only in cli.py, the training loop imported only by what launches it, and no module over 400 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "xgblora_cli"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports() -> dict[str, set[str]]:
+    """``{module: every module it imports anywhere in its file}`` (package modules and third-party roots)."""
+    graph: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from pkg import module`
+        graph[module_name(path)] = found
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = imports()
+    internal = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    visiting, done, cycles = set(), set(), []
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in done:
+            return
+        if module in visiting:
+            cycles.append(trail[trail.index(module):] + [module])
+            return
+        visiting.add(module)
+        for dep in sorted(internal[module]):
+            visit(dep, trail + [dep])
+        visiting.discard(module)
+        done.add(module)
+
+    for module in sorted(internal):
+        visit(module, [module])
+    assert not cycles, cycles
+
+
+def test_only_the_command_line_knows_typer() -> None:
+    users = sorted(m for m, deps in imports().items() if any(d == "typer" or d.startswith("typer.") for d in deps))
+    assert users == ["xgblora_cli.cli"]
+
+
+def test_the_training_loop_is_imported_only_by_what_launches_it() -> None:
+    users = sorted(m for m, deps in imports().items() if "xgblora_cli.train" in deps)
+    assert users == ["xgblora_cli.runner"]
+
+
+def test_no_module_over_400_lines() -> None:
+    long = {path.name: n for path in PACKAGE.rglob("*.py") if (n := len(path.read_text().splitlines())) > 400}
+    assert not long, long

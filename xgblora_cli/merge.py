@@ -1,0 +1,125 @@
+"""Exact merging: the base checkpoint's tensors, and every touched weight recomputed from them and the record.
+
+The record is the truth and in-memory weights are a cache of ``base + record``: a touched weight is always
+``round(W0 + concat(U) @ concat(V))``, summed in float64 from the memory-mapped base tensor and the stacked
+factors of every booster that touched it (:func:`exact_weight`, a pure function), and rounded once to the
+model's dtype, so its error is at most half an ulp however many boosters were merged. Training (after each
+booster), resume, ``xgblora eval`` of a run and ``xgblora merge`` all go through :func:`apply_record` /
+:func:`write_merged`; a quantized layer keeps the stacked factors beside it instead (see quantized.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xgblora_cli.errors import UserError
+from xgblora_cli.quantized import is_quantized, linear_shape, set_merged
+from xgblora_cli.record import MergedBooster
+
+
+class BaseWeights:
+    """Read-only, memory-mapped access to the base checkpoint's tensors by parameter name."""
+
+    def __init__(self, model_dir: Path) -> None:
+        from safetensors import safe_open
+
+        index = model_dir / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+        else:
+            files = sorted(model_dir.glob("*.safetensors"))
+            weight_map = {}
+            for file in files:
+                with safe_open(file, framework="pt") as handle:
+                    weight_map.update({key: file.name for key in handle.keys()})
+        self._dir = model_dir
+        self._map = weight_map
+        self._handles: dict[str, object] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._map
+
+    def get(self, name: str) -> torch.Tensor:
+        """The base tensor ``name`` exactly as stored on disk."""
+        from safetensors import safe_open
+
+        if name not in self._map:
+            raise KeyError(f"{name} is not in the base checkpoint {self._dir}")
+        file = self._map[name]
+        if file not in self._handles:
+            self._handles[file] = safe_open(self._dir / file, framework="pt")
+        return self._handles[file].get_tensor(name)  # type: ignore[attr-defined]
+
+
+def exact_weight(w0: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | None) -> torch.Tensor:
+    """``W0 + U @ V`` in float64: w0 (d_out, d_in), u (d_out, R), v (R, d_in) (None: no update).
+
+    float64 keeps the sum's own error far below half an ulp of fp32/bf16 even where the sum nearly cancels,
+    so rounding it once to the model dtype gives the nearest representable weight.
+    """
+    w0 = w0.to(torch.float64)
+    if u is None or v is None:
+        return w0
+    return torch.addmm(w0, u.to(torch.float64), v.to(torch.float64))
+
+
+class FactorStack:
+    """The factors of every merged booster, per weight name, in merge order (what the record says, in memory)."""
+
+    def __init__(self) -> None:
+        self.factors: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def add(self, booster: MergedBooster) -> list[str]:
+        """Remember a booster's factors; returns the weight names it touched."""
+        for name, pair in booster.factors.items():
+            self.factors.setdefault(name, []).append(pair)
+        return list(booster.factors)
+
+    def stacked(self, name: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every merged factor of ``name`` side by side: U (d_out, R) and V (R, d_in), R = total rank."""
+        pairs = self.factors[name]
+        return torch.cat([p[0].to(dtype) for p in pairs], dim=1), torch.cat([p[1].to(dtype) for p in pairs], dim=0)
+
+
+def merged_weight(base: BaseWeights, stack: FactorStack, name: str) -> torch.Tensor:
+    """Weight ``name`` of ``base + stack``, exact in float64 (d_out, d_in)."""
+    u, v = stack.stacked(name, torch.float64) if stack.factors.get(name) else (None, None)
+    return exact_weight(base.get(name), u, v)
+
+
+def write_merged(model: nn.Module, base: BaseWeights, stack: FactorStack, names: list[str]) -> None:
+    """Set each named weight of ``model`` to its exact value from ``base`` and ``stack``, rounded once to the
+    weight's dtype; a quantized layer instead keeps the stacked factors beside it (see quantized.py)."""
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in names:
+            module = model.get_submodule(name.rsplit(".", 1)[0])
+            if is_quantized(module):
+                set_merged(module, *stack.stacked(name, torch.float32))
+                continue
+            param = params[name]
+            param.copy_(merged_weight(base, stack, name).to(device=param.device, dtype=param.dtype))
+
+
+def apply_record(model: nn.Module, base: BaseWeights, boosters: list[MergedBooster]) -> FactorStack:
+    """Load ``base + boosters`` into ``model`` (which holds the base weights); returns the cache."""
+    stack = FactorStack()
+    touched: set[str] = set()
+    for booster in boosters:
+        touched.update(stack.add(booster))
+    params = dict(model.named_parameters())
+    unknown = sorted(touched - set(params))
+    if unknown:
+        raise UserError(f"the booster record names weights the model does not have (first: {unknown[0]}); the run does not match this base model")
+    for name in sorted(touched):
+        shape = linear_shape(model.get_submodule(name.rsplit(".", 1)[0]))
+        for u, v in stack.factors[name]:
+            if (u.shape[0], v.shape[1]) != shape or u.shape[1] != v.shape[0]:
+                raise UserError(f"the booster record's update for {name} is {u.shape[0]}x{v.shape[1]}, the model's weight is "
+                                f"{shape[0]}x{shape[1]}; the run does not match this base model")
+    write_merged(model, base, stack, sorted(touched))
+    return stack
