@@ -5,7 +5,8 @@ would hold it) and merges T rank-1 updates into it, for T = 10, 100, 1000, two w
 
 - ``plain``: ``W += dW`` in bfloat16 after every merge (what a naive implementation does);
 - ``record``: xgblora's remedy - the in-memory weight is recomputed from the base tensor and all factors
-  (``FactorStack.exact``, the same code the trainer runs), rounded once to bfloat16; export does the same.
+  (``merge.exact_rows_into``, the code the trainer runs, on ``--device``: a GPU where there is one), rounded once
+  to bfloat16; export does the same.
 
 Updates are ``u v^T`` with ``|dW| ~ size * std(W0)``, either independent random directions or one coherent
 direction with noise. Prints, per case, the error against the exact float64 sum in ulps of bfloat16 (max and
@@ -23,7 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from xgblora_cli.merge import BaseWeights, FactorStack, merged_weight
+from xgblora_cli.merge import BaseWeights, FactorStack, exact_rows_into
+from xgblora_cli.runtime import pick_device
 from xgblora_cli.record import MergedBooster
 from xgblora_cli.sources import resolve_model_dir
 
@@ -48,7 +50,7 @@ def updates(w0: torch.Tensor, count: int, size: float, coherent: bool, seed: int
     return pairs
 
 
-def measure(w0: torch.Tensor, pairs: list, folder: Path) -> dict[str, dict[str, float]]:
+def measure(w0: torch.Tensor, pairs: list, folder: Path, device: torch.device) -> dict[str, dict[str, float]]:
     exact = w0.to(torch.float64).clone()
     plain = w0.clone()
     save_file({"w": w0}, folder / "model.safetensors")
@@ -57,7 +59,9 @@ def measure(w0: torch.Tensor, pairs: list, folder: Path) -> dict[str, dict[str, 
         exact += u.double() @ v.double()  # the reference: every product and sum in float64
         plain += (u @ v).to(torch.bfloat16)
         merged.add(MergedBooster(t, [0], {"w": (u, v)}))
-    record = merged_weight(BaseWeights(folder), merged, "w").to(torch.bfloat16)  # the in-memory weight and the bf16 export are this tensor
+    record = torch.empty(w0.shape, dtype=torch.bfloat16, device=device)  # the in-memory weight, as training computes it
+    exact_rows_into(record, BaseWeights(folder), "w", *merged.stacked("w", torch.float64))
+    record = record.cpu()
     update = exact - w0.to(torch.float64)
     ulp = ulp_bf16(exact)
     out = {}
@@ -78,17 +82,19 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=10)
     parser.add_argument("--sizes", default="1e-4,1e-3")
     parser.add_argument("--merges", default="10,100,1000")
+    parser.add_argument("--device", default="auto", help="where the merge runs: auto (CUDA if present), cpu, cuda")
     args = parser.parse_args()
+    device = pick_device(args.device)
     name = f"model.layers.{args.layer}.mlp.down_proj.weight"
     w0 = BaseWeights(resolve_model_dir(args.model)).get(name).to(torch.bfloat16)
-    print(f"weight {name} {tuple(w0.shape)} bf16, std {float(w0.float().std()):.4f}")
+    print(f"weight {name} {tuple(w0.shape)} bf16, std {float(w0.float().std()):.4f}, merged on {device}")
     print(f"{'T':>5} {'size':>6} {'dirs':>9} | {'method':>6} {'ulp max':>8} {'ulp mean':>8} {'err/update':>10} {'kept':>6}")
     worst_record = 0.0
     with tempfile.TemporaryDirectory() as tmp:
         for count in (int(x) for x in args.merges.split(",")):
             for size in (float(x) for x in args.sizes.split(",")):
                 for coherent in (False, True):
-                    result = measure(w0, updates(w0, count, size, coherent, seed=count), Path(tmp))
+                    result = measure(w0, updates(w0, count, size, coherent, seed=count), Path(tmp), device)
                     worst_record = max(worst_record, result["record"]["ulp_max"])
                     for method, r in result.items():
                         print(f"{count:>5} {size:>6.0e} {'coherent' if coherent else 'indep.':>9} | {method:>6} "

@@ -102,3 +102,22 @@ def test_eval_contexts_get_the_bos_once(bos_tokenizer) -> None:
         for labels in (True, False):
             ids = context_ids(bos_tokenizer, question, fmt, labels, reserve=4)
             assert ids[0] == bos and ids.count(bos) == 1, (template, labels)
+
+
+def test_a_run_on_a_bos_tokenizer_trains_and_scores_with_the_bos_once(tmp_path) -> None:
+    """End to end on a tiny model whose tokenizer adds a BOS: every training row starts with exactly one BOS that
+    carries no label, the run stores the BOS in its prompt format, and eval scores in that format."""
+    from tests.conftest import ROOT, save_tiny_model, tiny_recipe
+    from xgblora_cli.evaluate import EvalSettings, evaluate
+    from xgblora_cli.recipe_file import recipe_from_dict
+    from xgblora_cli.runner import prepare, start_run
+
+    model_dir = save_tiny_model(tmp_path / "bos_model", bos=True)
+    bos = make_tokenizer(chat=True, bos=True).convert_tokens_to_ids("<s>")
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, model_dir, steps_per_booster=2, train={"max_steps": 2}), "r.yaml")
+    batch = prepare(recipe, "r.yaml").stream.batch(0)
+    assert (batch.input_ids[:, 0] == bos).all() and ((batch.input_ids == bos).sum(dim=1) == 1).all()
+    assert (batch.labels[:, 0] == IGNORE).all()
+    run_dir = start_run(recipe, "r.yaml", progress=False)
+    result = evaluate(str(run_dir), EvalSettings(tasks=["sst2"], data=str(ROOT / "data" / "sst2_dev.tsv"), limit=4))
+    assert result["prompt_format"]["bos"] == [bos]

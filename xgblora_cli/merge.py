@@ -3,7 +3,9 @@
 The record is the truth and in-memory weights are a cache of ``base + record``: a touched weight is always
 ``round(W0 + concat(U) @ concat(V))``, summed in float64 from the memory-mapped base tensor and the stacked
 factors of every booster that touched it (:func:`exact_weight`, a pure function), and rounded once to the
-model's dtype, so its error is at most half an ulp however many boosters were merged. Training (after each
+model's dtype, so its error is at most half an ulp however many boosters were merged. The sum runs on the
+training device, a chunk of rows at a time (:func:`exact_rows_into`): W0 is read from the file chunk by chunk,
+never held whole, and the device holds 64 MiB of float64 at most besides the stacked factors. Training (after each
 booster), resume, ``xgblora eval`` of a run and ``xgblora merge`` all go through :func:`apply_record` /
 :func:`write_merged`; a quantized layer keeps the stacked factors beside it instead (see quantized.py).
 """
@@ -19,6 +21,8 @@ from torch import nn
 from xgblora_cli.errors import UserError
 from xgblora_cli.quantized import is_quantized, linear_shape, set_merged
 from xgblora_cli.record import MergedBooster
+
+CHUNK_BYTES = 64 * 2**20  # float64 rows summed at a time on the device during a merge
 
 
 class BaseWeights:
@@ -43,8 +47,7 @@ class BaseWeights:
     def __contains__(self, name: str) -> bool:
         return name in self._map
 
-    def get(self, name: str) -> torch.Tensor:
-        """The base tensor ``name`` exactly as stored on disk."""
+    def _handle(self, name: str):  # -> safetensors' safe_open handle of the file holding ``name``
         from safetensors import safe_open
 
         if name not in self._map:
@@ -52,7 +55,18 @@ class BaseWeights:
         file = self._map[name]
         if file not in self._handles:
             self._handles[file] = safe_open(self._dir / file, framework="pt")
-        return self._handles[file].get_tensor(name)  # type: ignore[attr-defined]
+        return self._handles[file]
+
+    def get(self, name: str) -> torch.Tensor:
+        """The base tensor ``name`` exactly as stored on disk."""
+        return self._handle(name).get_tensor(name)
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of the 2-D base tensor ``name``, read from the file without reading the rest."""
+        return self._handle(name).get_slice(name)[start:stop]
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handle(name).get_slice(name).get_shape())
 
 
 def exact_weight(w0: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | None) -> torch.Tensor:
@@ -65,6 +79,26 @@ def exact_weight(w0: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | Non
     if u is None or v is None:
         return w0
     return torch.addmm(w0, u.to(torch.float64), v.to(torch.float64))
+
+
+def exact_rows_into(out: torch.Tensor, base: BaseWeights, name: str, u: torch.Tensor | None, v: torch.Tensor | None,
+                    chunk_bytes: int = CHUNK_BYTES) -> None:
+    """``out[:] = round(W0 + U @ V)`` for weight ``name``, computed on ``out``'s device in float64, rows in chunks.
+
+    out: (d_out, d_in) in the model's dtype, on the training device; u: (d_out, R), v: (R, d_in). Each chunk of
+    W0's rows is read from the memory-mapped base, moved to the device and summed there with :func:`exact_weight`,
+    so the device holds at most ``chunk_bytes`` of float64 besides the factors (R (d_out + d_in) float64 values).
+    The result is the same as :func:`exact_weight` on the whole tensor (one rounding of a float64 sum).
+    """
+    d_out, d_in = out.shape
+    rows = max(1, chunk_bytes // (8 * d_in))
+    device = out.device
+    u64 = None if u is None else u.to(device=device, dtype=torch.float64)
+    v64 = None if v is None else v.to(device=device, dtype=torch.float64)
+    for start in range(0, d_out, rows):
+        stop = min(start + rows, d_out)
+        w0 = base.rows(name, start, stop).to(device)
+        out[start:stop].copy_(exact_weight(w0, None if u64 is None else u64[start:stop], v64))
 
 
 class FactorStack:
@@ -93,7 +127,8 @@ def merged_weight(base: BaseWeights, stack: FactorStack, name: str) -> torch.Ten
 
 def write_merged(model: nn.Module, base: BaseWeights, stack: FactorStack, names: list[str]) -> None:
     """Set each named weight of ``model`` to its exact value from ``base`` and ``stack``, rounded once to the
-    weight's dtype; a quantized layer instead keeps the stacked factors beside it (see quantized.py)."""
+    weight's dtype, computed where the weight lives (:func:`exact_rows_into`); a quantized layer instead keeps
+    the stacked factors beside it (see quantized.py)."""
     params = dict(model.named_parameters())
     with torch.no_grad():
         for name in names:
@@ -101,8 +136,8 @@ def write_merged(model: nn.Module, base: BaseWeights, stack: FactorStack, names:
             if is_quantized(module):
                 set_merged(module, *stack.stacked(name, torch.float32))
                 continue
-            param = params[name]
-            param.copy_(merged_weight(base, stack, name).to(device=param.device, dtype=param.dtype))
+            u, v = stack.stacked(name, torch.float64) if stack.factors.get(name) else (None, None)
+            exact_rows_into(params[name].data, base, name, u, v)
 
 
 def apply_record(model: nn.Module, base: BaseWeights, boosters: list[MergedBooster]) -> FactorStack:
