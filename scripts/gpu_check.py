@@ -30,7 +30,13 @@ from pathlib import Path
 
 import torch
 
-from xgblora_cli.boosting import BoostingEngine, booster_blocks, find_targets, plan_for, trainable_per_booster
+from xgblora_cli.boosting import (
+    BoostingEngine,
+    booster_blocks,
+    find_targets,
+    plan_for,
+    trainable_per_booster,
+)
 from xgblora_cli.data import Batch
 from xgblora_cli.loss import causal_lm_loss
 from xgblora_cli.models import find_blocks

@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import save_file
 
 from xgblora_cli.merge import BaseWeights, FactorStack, exact_rows_into
-from xgblora_cli.runtime import pick_device
 from xgblora_cli.record import MergedBooster
+from xgblora_cli.runtime import pick_device
 from xgblora_cli.sources import resolve_model_dir
 
 

@@ -53,4 +53,14 @@ def test_short_run_on_smollm2_then_merge_matches(tmp_path: Path, smol_dir: Path)
     with torch.no_grad():
         replayed = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert torch.allclose(replayed, merged_logits, atol=1e-4)
+
+    # the same run as an exact PEFT adapter over the base: PEFT's own loading gives the merged model's logits
+    from peft import PeftModel
+
+    result = run_cli("export", str(tmp_path / "run"), "--format", "peft", "--out", str(tmp_path / "adapter"))
+    assert result.returncode == 0, result.stderr
+    adapted = PeftModel.from_pretrained(load_model(smol_dir, "float32"), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        adapter_logits = adapted(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    assert (adapter_logits - merged_logits).abs().max() <= 1e-4
     assert ROOT.exists()

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from xgblora_cli.errors import UserError
-from xgblora_cli.recipe import PRESETS, EvalArgs, Recipe, TrainArgs, field_docs, resolve_plan
+from xgblora_cli.recipe import (
+    PRESETS,
+    EvalArgs,
+    Recipe,
+    TrainArgs,
+    field_docs,
+    resolve_plan,
+)
 from xgblora_cli.recipe_file import load_recipe, recipe_from_dict
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -134,6 +134,34 @@ def merge(
     console.print(f"merged {summary['boosters']} boosters ({len(summary['touched_weights'])} weights changed) into {out}")
 
 
+@app.command()
+@user_errors
+def export(
+    run_dir: Path = typer.Argument(..., help="a run directory written by 'xgblora train'"),
+    fmt: str = typer.Option(..., "--format", help="peft: a LoRA adapter folder (vLLM, TGI, PEFT); gguf: one file for llama.cpp"),
+    out: Path = typer.Option(..., "--out", help="the adapter folder (peft) or the .gguf file"),
+    rank: Optional[int] = typer.Option(None, "--rank", help="peft: truncate each update to its best rank-R approximation (default: exact)"),
+    dtype: str = typer.Option("f16", "--dtype", help="gguf: f16 | bf16 | q8_0"),
+    force: bool = typer.Option(False, "--force", help="replace an existing --out"),
+) -> None:
+    """Export a run: an exact (or rank-limited) PEFT LoRA adapter, or a merged GGUF file."""
+    if fmt == "peft":
+        from xgblora_cli.export_peft import export_peft
+
+        summary = export_peft(run_dir, out, rank, force)
+        kept = "" if rank is None else (f"; kept {100 * summary['kept_overall']:.2f}% of the update's norm overall, "
+                                        f"{100 * summary['kept_worst']:.2f}% for the worst weight ({summary['kept_worst_weight']})")
+        console.print(f"wrote {out}: LoRA rank {summary['rank']} on {summary['weights']} weights "
+                      f"({summary['touched']} touched), {summary['bytes'] / 2**20:.1f} MiB{kept}", highlight=False)
+    elif fmt == "gguf":
+        from xgblora_cli.export_gguf import export_gguf
+
+        summary = export_gguf(run_dir, out, dtype, force)
+        console.print(f"wrote {out}: {summary['tensors']} tensors, {dtype}, {summary['bytes'] / 2**20:.1f} MiB", highlight=False)
+    else:
+        raise UserError(f"--format: must be peft or gguf, got {fmt!r}")
+
+
 @app.command("eval")
 @user_errors
 def eval_command(

@@ -8,13 +8,10 @@ renamed into place, so an interrupted merge never leaves a half-written model.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from xgblora_cli.errors import UserError
-from xgblora_cli.fsutil import check_writable
+from xgblora_cli.fsutil import check_writable, publish_dir
 from xgblora_cli.merge import BaseWeights, apply_record
 from xgblora_cli.models import load_model, load_tokenizer
 from xgblora_cli.recipe import DTYPES
@@ -47,19 +44,14 @@ def merge_run(run_dir: Path, out: Path, force: bool = False, dtype: str | None =
     merged = apply_record(model, BaseWeights(base_dir), boosters)
     model.config.use_cache = True
     tokenizer = load_tokenizer(base_dir, remote)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    summary = {"run": str(run.path), "base": str(base_dir), "boosters": len(boosters),
+               "touched_weights": sorted(merged.factors), "dtype": dtype,
+               "prompt_format": run.prompt_format(tokenizer).to_dict()}  # eval of the folder scores it as trained
+
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        summary = {"run": str(run.path), "base": str(base_dir), "boosters": len(boosters),
-                   "touched_weights": sorted(merged.factors), "dtype": dtype,
-                   "prompt_format": run.prompt_format(tokenizer).to_dict()}  # eval of the folder scores it as trained
         (tmp / "xgblora_merge.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    publish_dir(out, write)
     return summary

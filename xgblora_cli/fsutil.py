@@ -67,3 +67,21 @@ def append_line(path: Path, line: str) -> None:
         handle.write(line.rstrip("\n") + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def publish_dir(out: Path, write) -> Path:  # write: Callable[[Path], None] filling a folder
+    """Build a folder with ``write(tmp)`` in a temporary sibling of ``out``, then rename it into place (an
+    existing ``out`` is replaced only then): an interrupted or failed build never leaves a half-written ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(out.parent)
+    return out

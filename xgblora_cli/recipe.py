@@ -24,6 +24,7 @@ DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # the one dtype table: names and bytes per value
 DTYPES = tuple(DTYPE_BYTES)
 SCORINGS = ("label", "loglik", "generate")
+TRACKERS = ("none", "tensorboard", "wandb")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -173,6 +174,8 @@ class Recipe:
     """Run Python code shipped with a model (auto_map); off unless you set it."""
     allow_pickle: bool = False
     """Accept a model folder with only pickle weights (.bin/.pt); converted once to safetensors."""
+    report_to: list[str] = field(default_factory=lambda: ["none"])
+    """Where metrics.jsonl's rows are also streamed: none, tensorboard (<run>/tensorboard), wandb, or a list."""
     train: TrainArgs = field(default_factory=TrainArgs)
     """The optimisation settings (the train: block)."""
     eval: EvalArgs = field(default_factory=EvalArgs)
@@ -202,6 +205,8 @@ class Recipe:
         _require(bool(DEVICE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
+        unknown = [name for name in self.report_to if name not in TRACKERS]
+        _require(not unknown, "report_to", f"must be none, tensorboard, wandb or a list of them, got {unknown[0]!r}" if unknown else "")
 
     @property
     def learning_rate(self) -> float:

@@ -47,10 +47,11 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     for before, after in zip(rows, rows[1:]):
         if after["booster"] != before["booster"]:
             axis.axvline(before["step"] + 0.5, color="grey", ls=":", lw=0.8)
-    for event in events:
+    discards = [event for event in events if event["event"] == "booster_discarded"]
+    for event in discards:
         axis.axvline(event["step"], color="red", lw=1.0, alpha=0.7)
     axis.set(xlabel="optimizer step", ylabel="loss", title=f"{Path(run_dir).name}: loss (dotted: booster merged"
-             + (", red: booster discarded)" if events else ")"))
+             + (", red: booster discarded)" if discards else ")"))
     out = out or Path(run_dir) / "loss.png"
     atomic_write_bytes(out, _png(figure))
     plt.close(figure)

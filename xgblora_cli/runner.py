@@ -32,6 +32,7 @@ from xgblora_cli.runtime import (
     shutdown,
 )
 from xgblora_cli.sources import resolve_model_dir
+from xgblora_cli.tracking import Trackers, check_available
 from xgblora_cli.train import Setup, Trainer
 
 
@@ -118,6 +119,7 @@ def _train(recipe: Recipe, source: str, resume: bool, overwrite: bool, progress:
     else:
         run.check_new(overwrite)
     setup = prepare(recipe, source, ranks)
+    check_available(recipe.report_to)
     ranks.barrier()  # every rank has passed its checks before rank 0 replaces or creates anything
     if ranks.main:
         # the record plus two checkpoints with AdamW moments, and slack
@@ -129,15 +131,19 @@ def _train(recipe: Recipe, source: str, resume: bool, overwrite: bool, progress:
                     "prompt_format": setup.prompt.to_dict()}
             run.create(recipe_to_yaml(recipe), info, overwrite)
     ranks.barrier()
-    trainer = Trainer(setup, run, show_progress=progress, after_step=fault_injection())
-    ckpt = run.load_checkpoint() if resume else None
-    if ckpt is not None:
-        trainer.restore(ckpt)
-    elif resume and ranks.main:
-        trainer.record.truncate(0)
-        run.truncate_metrics(0)
-    ranks.barrier()
-    trainer.fit()
+    trackers = Trackers(recipe.report_to if ranks.main else [], run.path, recipe.to_dict())
+    try:
+        trainer = Trainer(setup, run, show_progress=progress, after_step=fault_injection(), trackers=trackers)
+        ckpt = run.load_checkpoint() if resume else None
+        if ckpt is not None:
+            trainer.restore(ckpt)
+        elif resume and ranks.main:
+            trainer.record.truncate(0)
+            run.truncate_metrics(0)
+        ranks.barrier()
+        trainer.fit()
+    finally:
+        trackers.close()
     return run.path
 
 

