@@ -15,8 +15,9 @@ from xgblora_cli.boosting import (
     find_targets,
     trainable_per_booster,
 )
-from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.data import BatchStream
 from xgblora_cli.errors import UserError
+from xgblora_cli.formats import load_records
 from xgblora_cli.loss import causal_lm_loss
 from xgblora_cli.merge import BaseWeights, FactorStack, write_merged
 from xgblora_cli.models import load_model, load_tokenizer

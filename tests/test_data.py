@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TRAIN_DATA, make_tokenizer
-from xgblora_cli.data import BatchStream, load_records
+from tests.conftest import ROOT, TRAIN_DATA, make_tokenizer
+from xgblora_cli.data import BatchStream, collate
 from xgblora_cli.errors import UserError
+from xgblora_cli.formats import load_records
 from xgblora_cli.prompts import PromptFormat
 
 RECORD = {"instruction": "Name a colour.", "input": "Be brief.", "output": "Blue is a colour."}
@@ -90,3 +91,35 @@ def test_the_encoding_cache_is_bounded_and_changes_nothing(tokenizer) -> None:
         a, b = small.batch(m), unbounded.batch(m)
         assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.labels, b.labels)
     assert len(small._encoded) == 4 and len(unbounded._encoded) == 30
+
+
+def test_pack_epoch_fills_rows_in_order_without_splitting() -> None:
+    from xgblora_cli.packing import pack_epoch
+
+    assert pack_epoch([3, 4, 2, 5, 1], [10, 11, 12, 13, 14], 8) == [[10, 11], [12, 13, 14]]
+    assert pack_epoch([8, 1], [0, 1], 8) == [[0], [1]]
+    with pytest.raises(ValueError, match="more than a packed row's 8"):
+        pack_epoch([9], [0], 8)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_packed_batch_has_the_loss_of_the_same_examples_unpacked(tiny_model_dir, attention: str) -> None:
+    """Same examples, same labelled tokens, same summed loss: nothing leaks between examples sharing a row."""
+    from xgblora_cli.loss import causal_lm_loss
+    from xgblora_cli.models import load_model
+
+    model = load_model(tiny_model_dir, "float32")
+    model.config._attn_implementation = attention
+    tokenizer = make_tokenizer(chat=True)
+    records = load_records(str(ROOT / "data" / "sst2_train_2000.jsonl"))[:40]
+    fmt = PromptFormat("chat", (), 512)
+    packed = BatchStream(tokenizer, records, 3, fmt, seed=2, packing=True)
+    batch = packed.batch(1)
+    examples = [i for r in range(3, 6) for i in packed.row(r)]
+    assert len(examples) > 6 and batch.position_ids is not None  # rows hold several examples
+    unpacked = collate([packed.encoded(i) for i in examples], tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss_p, count_p = causal_lm_loss(model, batch)
+        loss_u, count_u = causal_lm_loss(model, unpacked)
+    assert count_p == count_u and batch.num_tokens == unpacked.num_tokens
+    assert float(loss_p) == pytest.approx(float(loss_u), rel=1e-5)

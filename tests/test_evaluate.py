@@ -101,12 +101,12 @@ def test_a_run_is_scored_in_the_prompt_format_it_was_trained_with(tmp_path: Path
     run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
     settings = EvalSettings(tasks=["sst2"], data=str(SST2_DEV), limit=4)
     run_result = evaluate(str(run_dir), settings)
-    assert run_result["prompt_format"] == {"template": "plain", "bos": [], "max_len": 48}
+    assert run_result["prompt_format"] == {"template": "plain", "bos": [], "max_len": 48, "train_on_inputs": False}
     merge_run(run_dir, tmp_path / "merged")
     assert evaluate(str(tmp_path / "merged"), settings)["prompt_format"]["template"] == "plain"
     assert evaluate(str(tiny_model_dir), settings)["prompt_format"]["template"] == "chat"
     forced = evaluate(str(run_dir), EvalSettings(tasks=["sst2"], data=str(SST2_DEV), limit=4, template="chat"))
-    assert forced["prompt_format"] == {"template": "chat", "bos": [], "max_len": 48}
+    assert forced["prompt_format"] == {"template": "chat", "bos": [], "max_len": 48, "train_on_inputs": False}
 
 
 def test_snapshots_replay_a_run_as_it_was_after_step_n(tmp_path: Path, tiny_model_dir: Path) -> None:

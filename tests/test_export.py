@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import TRAIN_DATA, tiny_recipe
-from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.data import BatchStream
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
+from xgblora_cli.formats import load_records
 from xgblora_cli.models import load_tokenizer
 from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.recipe_file import recipe_from_dict, recipe_to_yaml

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tests.conftest import TRAIN_DATA, tiny_recipe
-from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.data import BatchStream
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
 from xgblora_cli.export_gguf import export_gguf, permute
+from xgblora_cli.formats import load_records
 from xgblora_cli.models import load_tokenizer
 from xgblora_cli.prompts import PromptFormat
 from xgblora_cli.recipe_file import recipe_from_dict

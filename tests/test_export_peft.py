@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from tests.conftest import TRAIN_DATA, run_cli, tiny_recipe
-from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.data import BatchStream
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
 from xgblora_cli.export_peft import best_rank, export_peft
+from xgblora_cli.formats import load_records
 from xgblora_cli.merge import FactorStack
 from xgblora_cli.models import load_tokenizer
 from xgblora_cli.prompts import PromptFormat

@@ -121,3 +121,55 @@ def test_a_run_on_a_bos_tokenizer_trains_and_scores_with_the_bos_once(tmp_path) 
     run_dir = start_run(recipe, "r.yaml", progress=False)
     result = evaluate(str(run_dir), EvalSettings(tasks=["sst2"], data=str(ROOT / "data" / "sst2_dev.tsv"), limit=4))
     assert result["prompt_format"]["bos"] == [bos]
+
+
+CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Sky?"},
+                {"role": "assistant", "content": "Blue"}]
+
+
+def learned_text(tokenizer, ids: list[int], labels: list[int]) -> list[str]:
+    """The labelled runs of a sequence, decoded: what the loss covers, token for token."""
+    runs, current = [], []
+    for token, label in zip(ids, labels):
+        if label != IGNORE:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    return runs + ([tokenizer.decode(current)] if current else [])
+
+
+def test_conversation_labels_cover_each_answer_and_its_end_of_turn_token(tokenizer) -> None:
+    fmt = PromptFormat.resolve(tokenizer, "chat", 512)
+    ids, labels = fmt.encode_conversation(tokenizer, CONVERSATION)
+    text = "".join(piece for piece, _ in fmt.conversation(tokenizer, CONVERSATION))
+    assert tokenizer.decode(ids) == text == tokenizer.apply_chat_template(CONVERSATION, tokenize=False)
+    assert learned_text(tokenizer, ids, labels) == ["Hello<|im_end|>", "Blue<|im_end|>"]  # not the newline, not a header
+    everything = PromptFormat.resolve(tokenizer, "chat", 512, train_on_inputs=True).encode_conversation(tokenizer, CONVERSATION)
+    assert everything == (ids, ids)
+
+
+def test_conversation_labels_in_the_plain_template() -> None:
+    plain = make_tokenizer(chat=False)
+    fmt = PromptFormat.resolve(plain, "plain", 512)
+    ids, labels = fmt.encode_conversation(plain, CONVERSATION)
+    assert plain.decode(ids) == ("### System:\nBe brief.\n\n### Instruction:\nHi\n\n### Response:\nHello<|im_end|>"
+                                 "\n\n### Instruction:\nSky?\n\n### Response:\nBlue<|im_end|>")
+    assert learned_text(plain, ids, labels) == ["Hello<|im_end|>", "Blue<|im_end|>"]
+
+
+def test_a_long_conversation_drops_whole_early_exchanges_and_keeps_the_system_turn(tokenizer) -> None:
+    long = [CONVERSATION[0]] + [turn for i in range(6) for turn in (
+        {"role": "user", "content": f"question {i} " + "word " * 10}, {"role": "assistant", "content": f"answer {i}"})]
+    full, _ = PromptFormat.resolve(tokenizer, "chat", 2048).encode_conversation(tokenizer, long)
+    fmt = PromptFormat.resolve(tokenizer, "chat", len(full) - 10)
+    ids, labels = fmt.encode_conversation(tokenizer, long)
+    text = tokenizer.decode(ids)
+    assert len(ids) <= fmt.max_len and text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    assert "question 0" not in text and "question 5" in text  # the first exchange went whole
+    assert learned_text(tokenizer, ids, labels)[-1] == "answer 5<|im_end|>"
+    tiny = PromptFormat.resolve(tokenizer, "chat", 16)  # not even the last exchange fits: cut like one answer
+    ids, labels = tiny.encode_conversation(tokenizer, long)
+    assert len(ids) == 16 and learned_text(tokenizer, ids, labels) == ["answer 5<|im_end|>"]

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import run_cli, tiny_recipe, write_recipe
+from tests.conftest import ROOT, run_cli, tiny_recipe, write_recipe
+
+SST2_TRAIN = ROOT / "data" / "sst2_train_2000.jsonl"
 from xgblora_cli.errors import UserError
 from xgblora_cli.merge import BaseWeights, apply_record
 from xgblora_cli.models import load_model
@@ -37,7 +39,7 @@ def test_a_run_directory_holds_recipe_metrics_record_and_checkpoint(tmp_path: Pa
     run_dir = start_run(recipe, "r.yaml", progress=False)
     run = RunDir(run_dir)
     assert run.info()["status"] == "complete" and run.info()["plan"]["num_boosters"] == 3
-    rows = [json.loads(line) for line in run.metrics_file.read_text().splitlines()]
+    rows = step_rows(run.path)
     assert [r["step"] for r in rows] == list(range(1, 9))
     assert [r["booster"] for r in rows] == [0, 0, 0, 1, 1, 1, 2, 2]
     assert all(set(r) >= {"loss", "lr", "booster", "tokens_per_s"} for r in rows)
@@ -53,7 +55,7 @@ def test_training_lowers_the_loss(tmp_path: Path, tiny_model_dir: Path) -> None:
     fields = tiny_recipe(tmp_path, tiny_model_dir, layers_per_booster=4, steps_per_booster=10,
                          train={"max_steps": 40, "learning_rate": 3e-2, "batch_size": 4})
     run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
-    losses = [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in step_rows(run_dir)]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.1
 
 
@@ -75,9 +77,18 @@ def _final_weights(run_dir: Path, model_dir: Path) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def test_sigkill_mid_booster_then_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_model_dir: Path) -> None:
-    straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "a")))
-    killed = write_recipe(tmp_path / "b.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "b")))
+def step_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "event" not in r]
+
+
+@pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
+def test_sigkill_mid_booster_then_resume_equals_an_uninterrupted_run(tmp_path: Path, tiny_model_dir: Path, packing: bool) -> None:
+    """With packing too: the rows of a packed epoch follow from the seeded order alone, so a resume mid-epoch
+    continues with the very rows an unbroken run trains on."""
+    data = {"dataset": str(SST2_TRAIN), "train": {"packing": True, "max_seq_len": 512}} if packing else {}
+    straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "a"), **data))
+    killed = write_recipe(tmp_path / "b.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "b"), **data))
     assert run_cli("train", str(straight), "--no-progress").returncode == 0
 
     # checkpoint_every=2 and kappa=3: killed after step 5, the last checkpoint is step 4, inside booster 1
@@ -86,7 +97,7 @@ def test_sigkill_mid_booster_then_resume_equals_an_uninterrupted_run(tmp_path: P
     run = RunDir(tmp_path / "b")
     ckpt = run.load_checkpoint()
     assert (ckpt.step, ckpt.booster, ckpt.recorded) == (4, 1, 1) and run.info()["status"] == "running"
-    assert len(run.metrics_file.read_text().splitlines()) == 5  # step 5 was logged, then lost
+    assert len(step_rows(run.path)) == 5  # step 5 was logged, then lost
 
     resumed = run_cli("train", str(killed), "--resume", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
@@ -96,9 +107,11 @@ def test_sigkill_mid_booster_then_resume_equals_an_uninterrupted_run(tmp_path: P
     assert any(not torch.equal(a[n], base[n]) for n in a)
     for name in a:
         assert torch.allclose(a[name], b[name], rtol=0, atol=1e-6), name
-    losses = lambda d: [json.loads(x)["loss"] for x in (d / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    losses = lambda d: [r["loss"] for r in step_rows(d)]  # noqa: E731
     assert losses(tmp_path / "b") == pytest.approx(losses(tmp_path / "a"), abs=1e-5)
     assert len(losses(tmp_path / "b")) == 8
+    if packing:  # rows held several examples: more tokens per step than one padded example each
+        assert min(r["tokens"] for r in step_rows(tmp_path / "a")) > 2 * 2 * 160  # 2 rows, each beyond the longest example
 
 
 def test_bfloat16_run_trains_and_merges_to_bfloat16(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -165,7 +178,7 @@ def test_repeated_divergence_stops_with_a_clear_message(tmp_path: Path, tiny_mod
     with pytest.raises(UserError, match=r"training diverged: 2 boosters in a row were discarded .*lower train.learning_rate"):
         start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
     assert len(Record(tmp_path / "run")) == 0  # nothing non-finite was ever merged
-    assert [r["event"] for r in _rows(tmp_path / "run")] == ["booster_discarded"] * 2
+    assert [r["event"] for r in _rows(tmp_path / "run") if r["event"] != "booster_merged"] == ["booster_discarded"] * 2
 
 
 def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
@@ -196,4 +209,4 @@ def test_a_crash_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_p
     assert run.load_checkpoint().step == 3  # the previous checkpoint, whole
     assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]  # no half-written file left
     start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", resume=True, progress=False)
-    assert run.info()["status"] == "complete" and [r["step"] for r in _rows(run.path)] == list(range(1, 9))
+    assert run.info()["status"] == "complete" and [r["step"] for r in step_rows(run.path)] == list(range(1, 9))

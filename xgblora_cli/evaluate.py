@@ -27,8 +27,9 @@ from rich.progress import (
 from rich.table import Table
 from torch import nn
 
-from xgblora_cli.data import collate, load_records
+from xgblora_cli.data import collate, encode_record
 from xgblora_cli.errors import UserError
+from xgblora_cli.formats import load_records
 from xgblora_cli.fsutil import atomic_write_text
 from xgblora_cli.loss import causal_lm_loss
 from xgblora_cli.merge import BaseWeights, apply_record
@@ -162,11 +163,22 @@ def _progress(console: Console) -> Progress:
                     TimeRemainingColumn(), console=console, transient=True, disable=not console.is_terminal)
 
 
-def run_choice_task(model, tokenizer, task: str, settings: EvalSettings, fmt: PromptFormat, console: Console) -> dict:
+def load_task(task: str, settings: EvalSettings) -> Loaded | list[dict]:
+    """A task's data, read and checked before any model is loaded: questions, or perplexity's records."""
+    if task == "perplexity":
+        if not settings.data:
+            raise UserError("task 'perplexity': give --data, a training-format .json/.jsonl file or a hub dataset")
+        records = load_records(settings.data)
+        return [records[i] for i in subset(len(records), settings.limit, settings.seed)]
     loaded = _load(task, settings)
-    questions = [loaded.questions[i] for i in subset(len(loaded.questions), settings.limit, settings.seed)]
-    if not questions:
+    if not loaded.questions:
         raise UserError(f"task '{task}': no question could be scored ({loaded.skipped} skipped: {'; '.join(loaded.skip_reasons)})")
+    loaded.questions = [loaded.questions[i] for i in subset(len(loaded.questions), settings.limit, settings.seed)]
+    return loaded
+
+
+def run_choice_task(model, tokenizer, task: str, loaded: Loaded, settings: EvalSettings, fmt: PromptFormat, console: Console) -> dict:
+    questions = loaded.questions
     if loaded.skipped:
         console.print(f"{task}: {loaded.skipped} records skipped (not scored), first: {'; '.join(loaded.skip_reasons)}", highlight=False)
     picks: list[int] = []
@@ -191,17 +203,13 @@ def run_choice_task(model, tokenizer, task: str, settings: EvalSettings, fmt: Pr
     return result
 
 
-def run_perplexity(model, tokenizer, settings: EvalSettings, fmt: PromptFormat, console: Console) -> dict:
-    if not settings.data:
-        raise UserError("task 'perplexity': give --data, a training-format .json/.jsonl file or a hub dataset")
-    records = load_records(settings.data)
-    chosen = [records[i] for i in subset(len(records), settings.limit, settings.seed)]
+def run_perplexity(model, tokenizer, chosen: list[dict], settings: EvalSettings, fmt: PromptFormat, console: Console) -> dict:
     total_nll, total_tokens = 0.0, 0
     model.eval()
     with torch.no_grad(), _progress(console) as bar:
         job = bar.add_task("perplexity", total=len(chosen))
         for start in range(0, len(chosen), settings.batch_size):
-            items = [fmt.encode(tokenizer, *fmt.render(tokenizer, r)) for r in chosen[start : start + settings.batch_size]]
+            items = [encode_record(tokenizer, fmt, r) for r in chosen[start : start + settings.batch_size]]
             batch = collate(items, tokenizer.pad_token_id).to(model_device(model))
             loss, count = causal_lm_loss(model, batch)
             total_nll += float(loss) * count
@@ -214,6 +222,7 @@ def run_perplexity(model, tokenizer, settings: EvalSettings, fmt: PromptFormat, 
 def evaluate(target: str, settings: EvalSettings, console: Console | None = None) -> dict:
     """Score ``target`` on every task of ``settings``; returns the results dict (also written into a run)."""
     console = console or Console(stderr=True)
+    data = {task: load_task(task, settings) for task in settings.tasks}  # bad data fails before a model is loaded
     model, tokenizer, described, fmt = load_target(target, settings)
     model.eval()
     source = "the run's own" if described["kind"] == "run" else "as given" if settings.template else "the target's"
@@ -223,9 +232,9 @@ def evaluate(target: str, settings: EvalSettings, console: Console | None = None
     tasks = {}
     for task in settings.tasks:
         if task == "perplexity":
-            tasks[task] = run_perplexity(model, tokenizer, settings, fmt, console)
+            tasks[task] = run_perplexity(model, tokenizer, data[task], settings, fmt, console)
         else:
-            tasks[task] = run_choice_task(model, tokenizer, task, settings, fmt, console)
+            tasks[task] = run_choice_task(model, tokenizer, task, data[task], settings, fmt, console)
     results = {"target": described, "settings": asdict(settings), "prompt_format": fmt.to_dict(), "tasks": tasks}
     if described["kind"] == "run":
         name = "results.json" if settings.step is None else f"results_step{settings.step}.json"

@@ -60,7 +60,7 @@ def causal_lm_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
 
     The returned loss is 0 (with a zero count) when no position carries a label.
     """
-    hidden = model.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+    hidden = model.get_decoder()(**batch.model_inputs()).last_hidden_state
     targets = batch.labels[:, 1:]  # position i predicts token i + 1
     keep = targets != IGNORE
     count = int(keep.sum())

@@ -49,15 +49,17 @@ class PromptFormat:
     template: str
     bos: tuple[int, ...]
     max_len: int
+    train_on_inputs: bool = False  # labels on every token, not only on what the model answers
 
     @classmethod
-    def resolve(cls, tokenizer, template: str, max_len: int) -> "PromptFormat":
+    def resolve(cls, tokenizer, template: str, max_len: int, train_on_inputs: bool = False) -> "PromptFormat":
         """The format a recipe's ``prompt_template`` (``auto``/``chat``/``plain``) means for this tokenizer."""
-        return cls("chat" if chat_template_of(tokenizer, template) else "plain", bos_ids(tokenizer), max_len)
+        return cls("chat" if chat_template_of(tokenizer, template) else "plain", bos_ids(tokenizer), max_len, train_on_inputs)
 
     @classmethod
     def from_dict(cls, data: dict) -> "PromptFormat":
-        return cls(str(data["template"]), tuple(int(i) for i in data["bos"]), int(data["max_len"]))
+        return cls(str(data["template"]), tuple(int(i) for i in data["bos"]), int(data["max_len"]),
+                   bool(data.get("train_on_inputs", False)))
 
     def to_dict(self) -> dict:
         return {**asdict(self), "bos": list(self.bos)}
@@ -113,12 +115,89 @@ class PromptFormat:
         keep_r = min(len(r), max(self.max_len - len(p), self.max_len // 2))
         p = self.truncate_left(p, self.max_len - keep_r)
         r = r[:keep_r]
-        return p + r, [IGNORE] * len(p) + r
+        return p + r, (p if self.train_on_inputs else [IGNORE] * len(p)) + r
 
-    def truncate_left(self, ids: list[int], budget: int) -> list[int]:
-        """The last tokens of ``ids`` that fit ``budget``, the BOS (if ``ids`` starts with it) kept in front."""
+    def truncate_left(self, ids: list[int], budget: int, starts_with_bos: bool | None = None) -> list[int]:
+        """The last items of ``ids`` that fit ``budget``, the BOS (if ``ids`` starts with it, or ``starts_with_bos``)
+        kept in front."""
         if len(ids) <= budget:
             return ids
-        bos = list(self.bos) if self.bos and ids[: len(self.bos)] == list(self.bos) else []
-        keep = max(budget - len(bos), 0)
-        return bos + (ids[len(ids) - keep:] if keep else [])
+        has_bos = bool(self.bos) and (ids[: len(self.bos)] == list(self.bos) if starts_with_bos is None else starts_with_bos)
+        head = ids[: len(self.bos)] if has_bos else []
+        keep = max(budget - len(head), 0)
+        return head + (ids[len(ids) - keep:] if keep else [])
+
+    def conversation(self, tokenizer, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        """A conversation as text pieces in order, each with whether it is learned: an assistant turn's content and
+        its end-of-turn token are; system and user turns, role headers and separators are not. The last piece is
+        the last answer.
+
+        Chat: each assistant turn is what the tokenizer's template adds when the turn is appended to the
+        conversation so far (the template must extend its own output turn by turn). Plain: ``### System:``,
+        ``### Instruction:`` / ``### Response:`` blocks, each answer ending in the EOS token. User turns after
+        the last assistant turn are left out (nothing follows them to learn).
+        """
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        messages = messages[: last + 1]
+        pieces: list[tuple[str, bool]] = []
+        if not self.chat:
+            for i, message in enumerate(messages):
+                if message["role"] == "assistant":
+                    pieces.append((message["content"] + (tokenizer.eos_token or ""), True))
+                elif message["role"] == "system":
+                    pieces.append(("### System:\n" + message["content"] + "\n\n", False))
+                else:
+                    after_answer = "\n\n" if i and messages[i - 1]["role"] == "assistant" else ""
+                    pieces.append((after_answer + "### Instruction:\n" + message["content"] + "\n\n### Response:\n", False))
+            return pieces
+        done = ""
+        for i, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            full = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            if not prompt.startswith(done) or not full.startswith(prompt):
+                raise UserError("prompt_template: the tokenizer's chat template does not extend a conversation turn by turn; "
+                                "use prompt_template: plain")
+            pieces += [(prompt[len(done):], False), (full[len(prompt):], True)]
+            done = full
+        return pieces
+
+    def encode_conversation(self, tokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
+        """Token ids and labels of a conversation, at most ``max_len`` tokens.
+
+        A learned piece's labels stop at its last end-of-turn (EOS) token: a template's line break after it is
+        not learned. Too long: whole earlier exchanges (a user turn and its answer) are dropped, a system turn
+        kept, until it fits; a last exchange that alone is too long is cut like a single answer (its prompt from
+        the left, the answer keeping at least half the budget).
+        """
+        system = messages[:1] if messages[0]["role"] == "system" else []
+        body = messages[len(system):]
+        starts = [i for i, m in enumerate(body) if m["role"] == "user" and any(n["role"] == "assistant" for n in body[i:])]
+        for start in starts or [0]:
+            pieces = self._tokenized(tokenizer, system + body[start:])
+            prompt = [i for ids, _ in pieces[:-1] for i in ids]
+            answer, learned = pieces[-1]
+            if len(prompt) + len(answer) <= self.max_len:
+                break
+        keep_r = min(len(answer), max(self.max_len - len(prompt), self.max_len // 2))
+        prompt_labels = [label for _, piece_labels in pieces[:-1] for label in piece_labels]
+        kept = self.truncate_left(list(range(len(prompt))), self.max_len - keep_r, starts_with_bos=prompt[: len(self.bos)] == list(self.bos))
+        ids = [prompt[k] for k in kept] + answer[:keep_r]
+        labels = [prompt_labels[k] for k in kept] + learned[:keep_r]
+        return ids, (list(ids) if self.train_on_inputs else labels)
+
+    def _tokenized(self, tokenizer, messages: list[dict[str, str]]) -> list[tuple[list[int], list[int]]]:
+        """Each piece of :meth:`conversation` as (ids, labels); the BOS in front of the first, once."""
+        pieces = []
+        for number, (text, learned) in enumerate(self.conversation(tokenizer, messages)):
+            ids = self.ids(tokenizer, text) if number == 0 else tokenizer(text, add_special_tokens=False)["input_ids"]
+            pieces.append((ids, self._learned(tokenizer, ids) if learned else [IGNORE] * len(ids)))
+        return pieces
+
+    @staticmethod
+    def _learned(tokenizer, ids: list[int]) -> list[int]:
+        """Labels of an answer piece: its tokens up to and including its last EOS (the end-of-turn token)."""
+        eos = tokenizer.eos_token_id
+        end = max((i for i, token in enumerate(ids) if token == eos), default=len(ids) - 1)
+        return ids[: end + 1] + [IGNORE] * (len(ids) - end - 1)

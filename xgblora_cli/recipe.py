@@ -25,6 +25,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # the one dtype table
 DTYPES = tuple(DTYPE_BYTES)
 SCORINGS = ("label", "loglik", "generate")
 TRACKERS = ("none", "tensorboard", "wandb")
+FORMATS = ("auto", "alpaca", "prompt_completion", "messages", "sharegpt")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
@@ -92,6 +93,8 @@ class TrainArgs:
     """Clip the adapters' gradient norm to this (0: no clipping)."""
     max_seq_len: int = 512
     """Tokens per example at most (the prompt is cut from the left, the response keeps at least half); eval of the run uses it too."""
+    packing: bool = False
+    """Pack several examples into each row of max_seq_len tokens (no attention across them); batch_size counts rows."""
     gradient_checkpointing: bool = False
     """Recompute the activations of the adapted-and-above blocks in backward (less memory, more compute)."""
     checkpoint_every: int = 25
@@ -166,6 +169,12 @@ class Recipe:
     """Seeds block draws, adapter init and data order, by position (a resumed run draws the same)."""
     dataset_split: str = "train"
     """The split of a hub dataset."""
+    dataset_format: str = "auto"
+    """auto (detected per file), alpaca, prompt_completion, messages (OpenAI roles) or sharegpt (conversations)."""
+    dataset_columns: dict[str, str] = field(default_factory=dict)
+    """Rename columns before reading, {format name: your column}, e.g. {instruction: question, output: answer}."""
+    train_on_inputs: bool = False
+    """Put the loss on every token, prompts and user turns too (default: only on what the model answers)."""
     prompt_template: str = "auto"
     """auto (the tokenizer's chat template when it has one, else plain), chat or plain (Alpaca text)."""
     device: str = "auto"
@@ -205,6 +214,7 @@ class Recipe:
         _require(bool(DEVICE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
+        _require(self.dataset_format in FORMATS, "dataset_format", f"must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
         unknown = [name for name in self.report_to if name not in TRACKERS]
         _require(not unknown, "report_to", f"must be none, tensorboard, wandb or a list of them, got {unknown[0]!r}" if unknown else "")
 

@@ -26,6 +26,8 @@ def _type_name(hint: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
     if typing.get_origin(hint) is list:
         return "a list of strings"
+    if typing.get_origin(hint) is dict:
+        return "a mapping"
     return names.get(hint, str(hint))
 
 
@@ -43,6 +45,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             except RecipeError:
                 continue
         raise RecipeError(key, f"expected {_type_name(hint)}, got {value!r}")
+    if typing.get_origin(hint) is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return dict(value)
+        raise RecipeError(key, f"expected a mapping of names to names, e.g. {{instruction: question}}, got {value!r}")
     if typing.get_origin(hint) is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]

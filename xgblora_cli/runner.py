@@ -7,13 +7,15 @@ the disk has room, and only then creates or continues the run directory (rank 0 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import yaml
 
 from xgblora_cli.boosting import find_targets, plan_for, trainable_per_booster
-from xgblora_cli.data import BatchStream, load_records
+from xgblora_cli.data import BatchStream
 from xgblora_cli.errors import UserError
+from xgblora_cli.formats import load_records
 from xgblora_cli.fsutil import check_writable
 from xgblora_cli.models import load_model, load_tokenizer
 from xgblora_cli.plan import device_memory, plan_recipe, record_bytes, summary_line
@@ -45,13 +47,18 @@ def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:
     plan = plan_for(recipe, model, source)
     trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
     tokenizer = load_tokenizer(model_dir, recipe.trust_remote_code)
-    records = load_records(recipe.dataset, recipe.dataset_split)
+    records = load_records(recipe.dataset, recipe.dataset_split, recipe.dataset_format, recipe.dataset_columns)
     try:
-        prompt = PromptFormat.resolve(tokenizer, recipe.prompt_template, recipe.train.max_seq_len)
-        stream = BatchStream(tokenizer, records, recipe.train.batch_size, prompt, recipe.seed)
-        stream.batch(0)  # render one batch now: template problems surface before anything is written
+        prompt = PromptFormat.resolve(tokenizer, recipe.prompt_template, recipe.train.max_seq_len, recipe.train_on_inputs)
+        stream = BatchStream(tokenizer, records, recipe.train.batch_size, prompt, recipe.seed, packing=recipe.train.packing)
+        dropped = stream.drop_unlabelled()  # every record rendered now: template problems surface before anything is written
     except UserError as err:
         raise UserError(f"{source}: {err}") from None
+    if dropped == len(records):
+        raise UserError(f"{source}: dataset: no example keeps a labelled token at train.max_seq_len {recipe.train.max_seq_len}")
+    if dropped and ranks.main:
+        print(f"note: {dropped} of {len(records)} examples have no labelled token at train.max_seq_len "
+              f"{recipe.train.max_seq_len} (an empty answer) and are left out", file=sys.stderr, flush=True)
     return Setup(recipe, plan, model_dir, model, stream, trainable, device, prompt, ranks)
 
 
