@@ -86,6 +86,7 @@ def plan(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="YAML recipe"),
     overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="overrides, e.g. method=lora rank=32"),
     gpu_memory: Optional[str] = typer.Option(None, "--gpu-memory", help="plan for a GPU of this size, e.g. 24GiB (default: this machine's device)"),
+    gpus: int = typer.Option(1, "--gpus", help="data-parallel ranks (torchrun --nproc_per_node): the plan is per GPU; with train.sharding: fsdp each holds 1/N of the base"),
     as_json: bool = typer.Option(False, "--json", help="print a JSON object with peak_bytes and the components"),
 ) -> None:
     """Estimate peak training memory by component and say whether it fits."""
@@ -104,12 +105,15 @@ def plan(
     else:
         device = str(pick_device(recipe.device))
         budget = device_memory(device)
-    result = plan_recipe(recipe, str(recipe_path), device)
+    if gpus < 1 or recipe.train.batch_size % gpus:
+        raise UserError(f"--gpus: train.batch_size ({recipe.train.batch_size}) must divide by the number of GPUs, got {gpus}")
+    result = plan_recipe(recipe, str(recipe_path), device, gpus)
     result.update(budget_bytes=budget, fits=result["peak_bytes"] <= budget)
     if as_json:
         print(json.dumps(result, indent=2))
         return
-    table = Table(title=f"memory plan of {recipe_path} on {device} ({budget / GIB:.1f} GiB)")
+    per = f", per GPU of {gpus}" + (" (base sharded)" if recipe.train.sharding == "fsdp" else " (base replicated)") if gpus > 1 else ""
+    table = Table(title=f"memory plan of {recipe_path} on {device} ({budget / GIB:.1f} GiB{per})")
     table.add_column("component")
     table.add_column("GiB", justify="right")
     for name, value in result["components"].items():

@@ -13,6 +13,7 @@ booster), resume, ``xgblora eval`` of a run and ``xgblora merge`` all go through
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -69,6 +70,30 @@ class BaseWeights:
         return tuple(self._handle(name).get_slice(name).get_shape())
 
 
+def shard_rows(rows: int, world: int, rank: int) -> tuple[int, int]:
+    """The rows ``[start, stop)`` of a ``rows``-row tensor that ``rank`` of ``world`` holds (torch.chunk's split,
+    as FSDP2's ``Shard(0)``: ``ceil(rows / world)`` per rank, the last ones shorter or empty)."""
+    chunk = math.ceil(rows / world)
+    start = min(rank * chunk, rows)
+    return start, min(start + chunk, rows)
+
+
+def is_sharded(tensor: torch.Tensor) -> bool:
+    return type(tensor).__name__ == "DTensor"
+
+
+def local_rows(param: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(this rank's rows of param, the first row's index in the whole tensor)``; the tensor itself if unsharded."""
+    if not is_sharded(param):
+        return param.data, 0
+    local = param.to_local()
+    mesh = param.device_mesh
+    start, stop = shard_rows(param.shape[0], mesh.size(), mesh.get_local_rank())
+    if local.shape[0] != stop - start:
+        raise RuntimeError(f"unexpected shard of {tuple(param.shape)}: {tuple(local.shape)} rows on rank {mesh.get_local_rank()}")
+    return local, start
+
+
 def exact_weight(w0: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | None) -> torch.Tensor:
     """``W0 + U @ V`` in float64: w0 (d_out, d_in), u (d_out, R), v (R, d_in) (None: no update).
 
@@ -82,10 +107,11 @@ def exact_weight(w0: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | Non
 
 
 def exact_rows_into(out: torch.Tensor, base: BaseWeights, name: str, u: torch.Tensor | None, v: torch.Tensor | None,
-                    chunk_bytes: int = CHUNK_BYTES) -> None:
+                    chunk_bytes: int = CHUNK_BYTES, row_offset: int = 0) -> None:
     """``out[:] = round(W0 + U @ V)`` for weight ``name``, computed on ``out``'s device in float64, rows in chunks.
 
-    out: (d_out, d_in) in the model's dtype, on the training device; u: (d_out, R), v: (R, d_in). Each chunk of
+    out: (d_out, d_in) in the model's dtype, on the training device, or only rows ``row_offset ..`` of it (a
+    rank's shard); u: (d_out, R), v: (R, d_in), the whole weight's factors. Each chunk of
     W0's rows is read from the memory-mapped base, moved to the device and summed there with :func:`exact_weight`,
     so the device holds at most ``chunk_bytes`` of float64 besides the factors (R (d_out + d_in) float64 values).
     The result is the same as :func:`exact_weight` on the whole tensor (one rounding of a float64 sum).
@@ -93,11 +119,11 @@ def exact_rows_into(out: torch.Tensor, base: BaseWeights, name: str, u: torch.Te
     d_out, d_in = out.shape
     rows = max(1, chunk_bytes // (8 * d_in))
     device = out.device
-    u64 = None if u is None else u.to(device=device, dtype=torch.float64)
+    u64 = None if u is None else u[row_offset : row_offset + d_out].to(device=device, dtype=torch.float64)
     v64 = None if v is None else v.to(device=device, dtype=torch.float64)
     for start in range(0, d_out, rows):
         stop = min(start + rows, d_out)
-        w0 = base.rows(name, start, stop).to(device)
+        w0 = base.rows(name, row_offset + start, row_offset + stop).to(device)
         out[start:stop].copy_(exact_weight(w0, None if u64 is None else u64[start:stop], v64))
 
 
@@ -137,7 +163,8 @@ def write_merged(model: nn.Module, base: BaseWeights, stack: FactorStack, names:
                 set_merged(module, *stack.stacked(name, torch.float32))
                 continue
             u, v = stack.stacked(name, torch.float64) if stack.factors.get(name) else (None, None)
-            exact_rows_into(params[name].data, base, name, u, v)
+            local, start = local_rows(params[name])  # a sharded weight: this rank's rows only
+            exact_rows_into(local, base, name, u, v, row_offset=start)
 
 
 def apply_record(model: nn.Module, base: BaseWeights, boosters: list[MergedBooster]) -> FactorStack:

@@ -59,6 +59,7 @@ class Shape:
     kv_width: int  # key/value heads x head dim
     vocab: int
     params: int  # every base parameter (tied weights once)
+    root_params: int  # parameters outside the blocks (embeddings, final norm, head): the root unit when sharded
     block_linear_params: int  # parameters of the blocks' linear layers (what quantization shrinks)
     block_linear_rows: int
 
@@ -73,6 +74,7 @@ def model_shape(model: nn.Module, blocks: nn.ModuleList) -> Shape:
         layers=len(blocks), hidden=config.hidden_size, intermediate=config.intermediate_size, heads=heads,
         kv_width=getattr(config, "num_key_value_heads", heads) * head_dim, vocab=config.vocab_size,
         params=sum(unique.values()),
+        root_params=sum(unique.values()) - sum(p.numel() for block in blocks for p in block.parameters()),
         block_linear_params=sum(m.weight.numel() for m in linears),
         block_linear_rows=sum(linear_shape(m)[0] for m in linears),
     )
@@ -105,8 +107,15 @@ def record_bytes(plan: BoosterPlan, trainable: int) -> int:
     return plan.num_boosters * trainable * 4
 
 
+def sharded_weight_bytes(s: Shape, b: int, world: int) -> int:
+    """Weights per rank with ``train.sharding: fsdp``: 1/world of every block, the root unit whole (the loss holds
+    it gathered for the step), and two blocks gathered whole at a time (the one running and the next, prefetched)."""
+    block_params = s.params - s.root_params
+    return int(b * (block_params / world + s.root_params + 2 * block_params / s.layers * (world - 1) / world))
+
+
 def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device: str, world: int = 1) -> dict:
-    """Peak bytes by component, their sum and the inputs used, as a JSON-ready dict."""
+    """Peak bytes by component, their sum and the inputs used, as a JSON-ready dict (for one of ``world`` ranks)."""
     b = DTYPE_BYTES[recipe.dtype]
     args = recipe.train
     tokens = (args.batch_size // world) * args.max_seq_len  # one micro-batch, padded to the longest
@@ -118,7 +127,7 @@ def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device
     record = record_bytes(plan, trainable)
     on_device = recipe.quantization != "none" or not device.startswith("cuda")  # else it stays in host memory
     components = {
-        "weights": weight_bytes(s, b, recipe.quantization),
+        "weights": sharded_weight_bytes(s, b, world) if args.sharding == "fsdp" and world > 1 else weight_bytes(s, b, recipe.quantization),
         "adapters": trainable * 16,
         "record": record if on_device else 0,
         "activations": int(tokens * saved),
@@ -130,7 +139,8 @@ def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device
         "peak_bytes": sum(components.values()),
         "components": components,
         "inputs": {"tokens_per_micro_batch": tokens, "plan": asdict(plan), "trainable_per_booster": trainable, "host_record_bytes": 0 if on_device else record, "dtype": recipe.dtype, "quantization": recipe.quantization,
-                   "gradient_checkpointing": args.gradient_checkpointing, "device": device, "shape": asdict(s)},
+                   "gradient_checkpointing": args.gradient_checkpointing, "device": device, "ranks": world,
+                   "sharding": args.sharding, "shape": asdict(s)},
     }
 
 

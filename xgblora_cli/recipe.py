@@ -25,6 +25,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # the one dtype table
 DTYPES = tuple(DTYPE_BYTES)
 SCORINGS = ("label", "loglik", "generate")
 TRACKERS = ("none", "tensorboard", "wandb")
+SHARDINGS = ("none", "fsdp")
 FORMATS = ("auto", "alpaca", "prompt_completion", "messages", "sharegpt")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -93,6 +94,8 @@ class TrainArgs:
     """Clip the adapters' gradient norm to this (0: no clipping)."""
     max_seq_len: int = 512
     """Tokens per example at most (the prompt is cut from the left, the response keeps at least half); eval of the run uses it too."""
+    sharding: str = "none"
+    """none (every data-parallel rank holds the whole frozen base) or fsdp (each rank holds 1/N of it, FSDP2 under torchrun)."""
     packing: bool = False
     """Pack several examples into each row of max_seq_len tokens (no attention across them); batch_size counts rows."""
     gradient_checkpointing: bool = False
@@ -116,6 +119,7 @@ class TrainArgs:
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         _require(self.max_seq_len >= 8, "train.max_seq_len", f"must be >= 8, got {self.max_seq_len}")
+        _require(self.sharding in SHARDINGS, "train.sharding", f"must be one of {', '.join(SHARDINGS)}, got {self.sharding!r}")
 
 
 @dataclass
@@ -215,6 +219,8 @@ class Recipe:
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
         _require(self.dataset_format in FORMATS, "dataset_format", f"must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
+        _require(self.train.sharding == "none" or self.quantization == "none", "train.sharding",
+                 f"fsdp shards a bf16/fp16/fp32 base; a {self.quantization} base is not supported with it (use quantization: none)")
         unknown = [name for name in self.report_to if name not in TRACKERS]
         _require(not unknown, "report_to", f"must be none, tensorboard, wandb or a list of them, got {unknown[0]!r}" if unknown else "")
 

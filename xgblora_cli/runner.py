@@ -33,6 +33,7 @@ from xgblora_cli.runtime import (
     pick_device,
     shutdown,
 )
+from xgblora_cli.sharding import load_sharded
 from xgblora_cli.sources import resolve_model_dir
 from xgblora_cli.tracking import Trackers, check_available
 from xgblora_cli.train import Setup, Trainer
@@ -43,7 +44,13 @@ def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:
     check_batch(ranks, recipe.train.batch_size, source)
     device = pick_device(recipe.device, ranks.local_rank)
     model_dir = resolve_model_dir(recipe.model, recipe.allow_pickle, recipe.trust_remote_code)
-    model = load_model(model_dir, recipe.dtype, device, recipe.trust_remote_code, recipe.quantization)
+    if recipe.train.sharding == "fsdp":
+        if not ranks.active:
+            raise UserError(f"{source}: train.sharding: fsdp shards the base over data-parallel ranks; launch with "
+                            "torchrun --nproc_per_node N (N >= 2), or use sharding: none in one process")
+        model = load_sharded(model_dir, recipe.dtype, device, ranks, recipe.trust_remote_code)
+    else:
+        model = load_model(model_dir, recipe.dtype, device, recipe.trust_remote_code, recipe.quantization)
     plan = plan_for(recipe, model, source)
     trainable = trainable_per_booster(find_targets(model, recipe.target_modules), plan)
     tokenizer = load_tokenizer(model_dir, recipe.trust_remote_code)

@@ -29,6 +29,7 @@ from xgblora_cli.recipe import BoosterPlan, Recipe, TrainArgs
 from xgblora_cli.record import Record
 from xgblora_cli.rundir import Checkpoint, RunDir
 from xgblora_cli.runtime import SINGLE, Ranks
+from xgblora_cli.sharding import root_gathered
 from xgblora_cli.tracking import Trackers
 
 
@@ -175,6 +176,18 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.setup.model.train()
+        with root_gathered(self.setup.model):  # a sharded base: its root unit whole while the loss reads the head
+            total_loss, tokens = self._accumulate()
+        self.ranks.sum_grads_(self.booster.parameters())
+        total_loss, tokens = float(self.ranks.sum_(total_loss)), int(self.ranks.sum_(tokens))
+        if self.args.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.booster.parameters(), self.args.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total_loss, tokens
+
+    def _accumulate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of this rank's part of every micro-batch; (its share of the mean loss, its tokens)."""
         ranks, part = self.ranks, self.ranks.slice(self.args.batch_size)  # one rank: the whole batch
         total_loss, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
         for j in range(self.args.grad_accum):
@@ -185,12 +198,6 @@ class Trainer:
             (loss * share / self.args.grad_accum).backward()
             total_loss += float(loss.detach()) * share / self.args.grad_accum
             tokens += batch.num_tokens
-        ranks.sum_grads_(self.booster.parameters())
-        total_loss, tokens = float(ranks.sum_(total_loss)), int(ranks.sum_(tokens))
-        if self.args.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.booster.parameters(), self.args.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         return total_loss, tokens
 
     def fit(self) -> None:

@@ -1,0 +1,77 @@
+"""A frozen base sharded over the data-parallel ranks with FSDP2 (``train.sharding: fsdp``).
+
+Each transformer block is its own FSDP unit and the root (embeddings, final norm, head) one more; every base
+tensor is split by rows (``Shard(0)``, torch.chunk's split), and each rank reads only its own rows from the
+memory-mapped base files, so no rank ever holds the whole model. A block's full weights exist on a rank only
+while it runs (FSDP all-gathers them before, and frees them after, its forward and its backward).
+
+Boosters are attached after sharding, as plain (replicated) modules around the sharded linear layers: the
+adapters are tiny, so their gradients are summed over ranks with the existing flat all-reduce rather than
+reduce-scattered. An exact merge runs per shard: each rank recomputes only its rows of a touched weight from
+its rows of W0 and the booster's factors (:func:`xgblora_cli.merge.exact_rows_into`). The record, checkpoints
+and resume are as without sharding (rank 0 writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from xgblora_cli.errors import UserError, first_line
+from xgblora_cli.merge import BaseWeights, local_rows
+from xgblora_cli.models import find_blocks, quiet_transformers, torch_dtype
+from xgblora_cli.runtime import Ranks
+
+
+def load_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks, trust_remote_code: bool = False) -> nn.Module:
+    """The causal LM in ``model_dir``, frozen, its parameters sharded over ``ranks`` (each rank reads its rows only)."""
+    from accelerate import init_empty_weights
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    quiet_transformers()
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        with init_empty_weights(include_buffers=False):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    except Exception as err:
+        raise UserError(f"model '{model_dir}': could not be built for sharding: {first_line(err)}") from None
+    model.tie_weights()
+    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}  # computed, not stored: kept as built
+    mesh = init_device_mesh(device.type, (ranks.world,))
+    for block in find_blocks(model):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    model.to_empty(device=device)
+    base = BaseWeights(model_dir)
+    with torch.no_grad():
+        for name, buffer in buffers.items():
+            model.get_buffer(name).copy_(buffer)
+        for name, param in model.named_parameters():
+            local, start = local_rows(param)
+            local.copy_(base.rows(name, start, start + local.shape[0]).to(local.dtype))
+    model.requires_grad_(False)
+    model.config.use_cache = False
+    with torch.no_grad():  # one call through the root: FSDP then knows which unit is the root (the loss calls the
+        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))  # decoder directly, never the root)
+    model.reshard()
+    return model
+
+
+@contextlib.contextmanager
+def root_gathered(model: nn.Module) -> Iterator[None]:
+    """Hold the root unit's weights (embeddings, final norm, head) whole for a training step's forward, loss and
+    backward: the loss reads the head outside the model's own forward (loss.py), which FSDP's hooks do not see."""
+    sharded = hasattr(model, "unshard") and hasattr(model, "reshard")
+    if sharded:
+        model.unshard()
+    try:
+        yield
+    finally:
+        if sharded:
+            model.reshard()
