@@ -43,7 +43,9 @@ def test_every_shipped_recipe_loads_and_names_its_command(path: Path) -> None:
     recipe = load_recipe(path)
     assert isinstance(recipe.train, TrainArgs)
     first = path.read_text().splitlines()[0]
-    assert first.startswith("# Run: xgblora train recipes/" + path.name), first
+    launcher = "torchrun --nproc_per_node " if recipe.train.sharding == "fsdp" else ""
+    assert first.startswith("# Run: " + (f"{launcher}" if not launcher else launcher)), first
+    assert first.endswith(("xgblora train recipes/" if not launcher else "-m xgblora_cli train recipes/") + path.name), first
 
 
 def test_recipes_exist() -> None:
