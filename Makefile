@@ -23,17 +23,19 @@ test: $(STAMP)
 quickstart: $(STAMP)
 	$(VENV)/bin/xgblora train recipes/quickstart.yaml
 
-# PEFT is a benchmark-only dependency: installed here, never by `make install`.
+# PEFT is a benchmark and test dependency (the dev extra), never a run-time one.
 bench: $(STAMP)
-	$(PY) -m pip install --quiet -c constraints.txt peft
 	$(PY) scripts/bench_loss.py
 	$(PY) scripts/bench_speed.py --batch 4 --seq 128 --steps 4 --rounds 3
+	$(PY) scripts/bench_merge.py
+	$(PY) scripts/bench_packing.py
+	$(PY) scripts/bench_sharding.py
 
-# accuracy under one budget on ../shared/data/commonsense, then xgblora's k / kappa / re-warmup around the
-# preset (about 3 hours on 2 cores; resumable: finished runs in runs/bench_quality are reused)
+# base vs xgblora vs cola vs lora (and the single-adapter control) on GLUE SST-2 and RTE from ../shared/data/glue:
+# learning rates chosen on validation cut from the training files, 3 seeds, GLUE dev as test, learning curves
+# (hours on 2 cores; resumable: finished runs and evaluations in runs/bench_quality are reused)
 bench-quality: $(STAMP)
 	$(PY) scripts/bench_quality.py
-	$(PY) scripts/bench_ablation.py --lr 3e-3
 
 # xgblora plan against measured peak memory of CPU runs (about 10 minutes)
 plan-check: $(STAMP)

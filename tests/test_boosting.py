@@ -171,3 +171,16 @@ def test_merge_is_exact_and_touches_only_adapted_weights(tiny_model_dir: Path) -
     with torch.no_grad():
         merged = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert torch.allclose(merged, with_adapters, atol=1e-4)
+
+
+def test_the_cycle_schedule_adapts_every_block_equally_often() -> None:
+    from collections import Counter
+
+    draws = [booster_blocks(3, t, 8, 2, "cycle") for t in range(40)]  # 10 cycles of 8 blocks, 2 at a time
+    assert all(len(set(d)) == 2 for d in draws)
+    assert set(Counter(b for d in draws for b in d).values()) == {10}
+    assert draws == [booster_blocks(3, t, 8, 2, "cycle") for t in range(40)]  # seeded by position
+    uneven = Counter(b for t in range(300) for b in booster_blocks(0, t, 30, 4, "cycle"))  # 30 blocks, 4 at a time
+    assert max(uneven.values()) - min(uneven.values()) <= 2
+    independent = Counter(b for t in range(300) for b in booster_blocks(0, t, 30, 4))
+    assert max(independent.values()) - min(independent.values()) > 2  # what the paper's draws give

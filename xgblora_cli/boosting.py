@@ -22,10 +22,25 @@ from xgblora_cli.record import MergedBooster
 from xgblora_cli.runtime import seeded_generator
 
 
-def booster_blocks(seed: int, index: int, num_layers: int, k: int) -> list[int]:
-    """The k distinct blocks (sorted) that booster ``index`` adapts, drawn uniformly without replacement."""
-    perm = torch.randperm(num_layers, generator=seeded_generator(seed, index, "blocks"))
-    return sorted(perm[:k].tolist())
+def booster_blocks(seed: int, index: int, num_layers: int, k: int, schedule: str = "random") -> list[int]:
+    """The k distinct blocks (sorted) that booster ``index`` adapts.
+
+    ``random`` (the paper's): drawn uniformly without replacement, independently for every booster. ``cycle``:
+    boosters walk through a shuffled order of all blocks, k at a time, a fresh shuffle per cycle, so every block
+    is adapted equally often (a block that would repeat across a cycle's end is replaced by the next one).
+    """
+    if schedule == "random":
+        perm = torch.randperm(num_layers, generator=seeded_generator(seed, index, "blocks"))
+        return sorted(perm[:k].tolist())
+    chosen: list[int] = []
+    position = index * k
+    while len(chosen) < k:
+        cycle, offset = divmod(position, num_layers)
+        block = int(torch.randperm(num_layers, generator=seeded_generator(seed, cycle, "cycle"))[offset])
+        if block not in chosen:
+            chosen.append(block)
+        position += 1
+    return sorted(chosen)
 
 
 @dataclass
@@ -144,7 +159,7 @@ class BoostingEngine:
 
     def start(self, index: int, attempt: int = 0) -> ActiveBooster:
         """Attach fresh adapters for booster ``index`` to its k blocks (a retry re-draws only the init)."""
-        blocks = booster_blocks(self.seed, index, self.plan.num_layers, self.plan.layers_per_booster)
+        blocks = booster_blocks(self.seed, index, self.plan.num_layers, self.plan.layers_per_booster, self.plan.block_schedule)
         generator = seeded_generator(self.seed, index, "init" if attempt == 0 else f"init:{attempt}")
         adapters: dict[str, LoRALinear] = {}
         for block in blocks:

@@ -26,6 +26,7 @@ DTYPES = tuple(DTYPE_BYTES)
 SCORINGS = ("label", "loglik", "generate")
 TRACKERS = ("none", "tensorboard", "wandb")
 SHARDINGS = ("none", "fsdp")
+SCHEDULES = ("random", "cycle")
 FORMATS = ("auto", "alpaca", "prompt_completion", "messages", "sharegpt")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -163,6 +164,8 @@ class Recipe:
     """k, transformer blocks each booster adapts, drawn at random, or 'all' (unset: xgblora 4, cola/lora all)."""
     steps_per_booster: int | None = None
     """kappa, optimizer steps each booster trains before it is merged (unset: xgblora 10, cola S/3, lora S)."""
+    block_schedule: str = "random"
+    """random (the paper: k blocks drawn independently for each booster) or cycle (a variant: a shuffled cycle through all blocks, k at a time, so every block is adapted equally often)."""
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     """Linear layers adapted in each chosen block (q, k, v, o, gate, up, down _proj)."""
     dtype: str = "float32"
@@ -218,6 +221,7 @@ class Recipe:
         _require(bool(DEVICE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
+        _require(self.block_schedule in SCHEDULES, "block_schedule", f"must be random or cycle, got {self.block_schedule!r}")
         _require(self.dataset_format in FORMATS, "dataset_format", f"must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
         _require(self.train.sharding == "none" or self.quantization == "none", "train.sharding",
                  f"fsdp shards a bf16/fp16/fp32 base; a {self.quantization} base is not supported with it (use quantization: none)")
@@ -246,6 +250,7 @@ class BoosterPlan:
     steps_per_booster: int
     num_boosters: int
     num_layers: int
+    block_schedule: str = "random"
 
     @property
     def scale(self) -> float:
@@ -268,7 +273,7 @@ def resolve_plan(recipe: Recipe, num_layers: int) -> BoosterPlan:
         kappa = min(preset.steps_per_booster, steps)
     else:
         kappa = math.ceil(steps / preset.boosters)
-    return BoosterPlan(rank, float(alpha), k, kappa, math.ceil(steps / kappa), num_layers)
+    return BoosterPlan(rank, float(alpha), k, kappa, math.ceil(steps / kappa), num_layers, recipe.block_schedule)
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -1,0 +1,82 @@
+"""Memory per rank with the frozen base sharded (train.sharding: fsdp) against replicated, 2 CPU ranks over gloo.
+
+Each mode runs 2 ranks (torch.multiprocessing) that load SmolLM2-135M and train ``--steps`` xgblora steps of a
+global batch of ``--batch`` SST-2 examples; every rank reports the bytes of base weights it holds and its peak
+resident memory above what it held after the imports. Same model, data and steps for both modes.
+
+    .venv/bin/python scripts/bench_sharding.py [--steps 2] [--batch 4]
+
+Ends with ``fsdp_weight_ratio=<x> fsdp_peak_ratio=<y>`` (sharded over replicated, rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import tempfile
+from pathlib import Path
+
+import torch.multiprocessing as mp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker(rank: int, world: int, port: int, recipe: dict, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from xgblora_cli.recipe_file import recipe_from_dict
+    from xgblora_cli.rundir import RunDir
+    from xgblora_cli.runner import prepare
+    from xgblora_cli.runtime import init_from_env, shutdown
+    from xgblora_cli.train import Trainer
+
+    baseline = rss()
+    ranks = init_from_env("cpu")
+    parsed = recipe_from_dict(recipe, "bench")
+    setup = prepare(parsed, "bench", ranks)
+    held = sum((p.to_local() if type(p).__name__ == "DTensor" else p).numel() * p.element_size() for p in setup.model.parameters())
+    run = RunDir(parsed.output_dir)
+    if ranks.main:
+        run.create("{}\n", {"model_dir": str(setup.model_dir)}, overwrite=True)
+    ranks.barrier()
+    Trainer(setup, run, show_progress=False).fit()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"weights": held, "peak": peak}))
+    shutdown(ranks)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=128)
+    args = p.parse_args()
+    results = {}
+    for mode in ("none", "fsdp"):
+        with tempfile.TemporaryDirectory() as tmp:
+            recipe = {"model": "smollm2-135m", "dataset": str(ROOT / "data" / "sst2_train_2000.jsonl"), "output_dir": str(Path(tmp) / "run"),
+                      "method": "xgblora", "steps_per_booster": 1,
+                      "train": {"max_steps": args.steps, "batch_size": args.batch, "max_seq_len": args.seq, "sharding": mode}}
+            mp.spawn(worker, args=(2, free_port(), recipe, tmp), nprocs=2, join=True)
+            results[mode] = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(2)]
+        for rank, r in enumerate(results[mode]):
+            print(f"sharding={mode:>4} rank {rank}: base weights held {r['weights'] / 2**20:7.1f} MiB, "
+                  f"peak memory above imports {r['peak'] / 2**20:7.1f} MiB", flush=True)
+    none, fsdp = results["none"][0], results["fsdp"][0]
+    print(f"fsdp_weight_ratio={fsdp['weights'] / none['weights']:.3f} fsdp_peak_ratio={fsdp['peak'] / none['peak']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
