@@ -83,3 +83,20 @@ def test_planning_a_hub_model_reads_only_its_config_and_a_hub_failure_is_one_lin
     recipe = recipe_from_dict({"model": "org/model", "dataset": "d.json", "output_dir": "x"}, "r.yaml")
     with pytest.raises(UserError, match=r"model 'org/model': not a local folder, .* could not provide its config.json: offline"):
         plan.config_dir(recipe)
+
+
+def test_sharded_plans_hold_a_share_of_the_blocks_per_gpu() -> None:
+    """--gpus N with train.sharding: fsdp: each GPU holds 1/N of the blocks, the root whole and two blocks gathered;
+    replicated, each GPU holds everything (and half the batch's activations either way)."""
+    recipe = ROOT / "recipes" / "mmlu_llama3.yaml"
+    one = plan_json(recipe)
+    replicated = plan_json(recipe, "--gpus", "2")
+    sharded = plan_json(recipe, "--gpus", "2", "train.sharding=fsdp")
+    shape = one["inputs"]["shape"]
+    blocks, root = (shape["params"] - shape["root_params"]) * 2, shape["root_params"] * 2  # bf16 bytes
+    assert replicated["components"]["weights"] == one["components"]["weights"]
+    assert sharded["components"]["weights"] == pytest.approx(blocks / 2 + root + 2 * blocks / shape["layers"] / 2, rel=1e-6)
+    assert sharded["components"]["activations"] == pytest.approx(one["components"]["activations"] / 2, rel=1e-6)
+    assert sharded["inputs"]["ranks"] == 2 and sharded["inputs"]["sharding"] == "fsdp"
+    result = run_cli("plan", str(recipe), f"model={SHAPE}", "--gpus", "3", "--gpu-memory", "24GiB")
+    assert result.returncode == 2 and "--gpus: train.batch_size (2) must divide by the number of GPUs, got 3" in result.stderr
