@@ -116,3 +116,29 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
     """Run ``python -m xgblora_cli ARGS`` in a fresh process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "xgblora_cli", *args], capture_output=True, text=True, env=full_env, cwd=cwd or ROOT)
+
+
+def train_in_memory(recipe_dict: dict, ranks=None, info: dict | None = None, setup_hook=None):
+    """Train a recipe through the runner's pieces and return ``(setup, run)`` with the trained model in memory.
+
+    ``ranks``: this process's data-parallel place (default one process); rank 0 creates the run directory with
+    ``info`` as its run.json (default: the model folder, fp32) and the recipe; ``setup_hook(setup)`` may change
+    the setup before training (e.g. a stand-in for the collectives).
+    """
+    from xgblora_cli.recipe_file import recipe_from_dict, recipe_to_yaml
+    from xgblora_cli.rundir import RunDir
+    from xgblora_cli.runner import prepare
+    from xgblora_cli.runtime import SINGLE
+    from xgblora_cli.train import Trainer
+
+    ranks = ranks or SINGLE
+    recipe = recipe_from_dict(recipe_dict, "r.yaml")
+    setup = prepare(recipe, "r.yaml", ranks)
+    if setup_hook is not None:
+        setup_hook(setup)
+    run = RunDir(recipe.output_dir)
+    if ranks.main:
+        run.create(recipe_to_yaml(recipe), info or {"model_dir": str(setup.model_dir), "dtype": recipe.dtype}, overwrite=False)
+    ranks.barrier()
+    Trainer(setup, run, show_progress=False).fit()
+    return setup, run

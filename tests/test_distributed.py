@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import ROOT, tiny_recipe, write_recipe
+from tests.conftest import ROOT, tiny_recipe, train_in_memory, write_recipe
 from xgblora_cli.errors import UserError
 from xgblora_cli.models import load_model
 from xgblora_cli.recipe_file import recipe_from_dict
@@ -21,7 +21,6 @@ from xgblora_cli.record import Record
 from xgblora_cli.rundir import RunDir
 from xgblora_cli.runner import prepare, start_run
 from xgblora_cli.runtime import Ranks
-from xgblora_cli.train import Trainer
 
 TRAIN = {"max_steps": 6, "batch_size": 4, "grad_accum": 2, "learning_rate": 1e-2, "max_seq_len": 64, "checkpoint_every": 2}
 
@@ -43,13 +42,7 @@ def _worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> No
     from xgblora_cli.runtime import init_from_env, shutdown
 
     ranks = init_from_env("cpu")
-    recipe = recipe_from_dict(recipe_dict, "r.yaml")
-    setup = prepare(recipe, "r.yaml", ranks)
-    run = RunDir(recipe.output_dir)
-    if ranks.main:
-        run.create("{}\n", {"model_dir": "x"}, overwrite=False)
-    ranks.barrier()
-    Trainer(setup, run, show_progress=False).fit()
+    setup, _ = train_in_memory(recipe_dict, ranks)
     torch.save(final_weights(setup.model), Path(out) / f"rank{rank}.pt")
     shutdown(ranks)
 
@@ -60,12 +53,7 @@ def test_two_ranks_merge_identically_and_match_one_process(tmp_path: Path, tiny_
     mp.spawn(_worker, args=(2, free_port(), recipe_dict, str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
 
-    single = recipe_from_dict(tiny_recipe(tmp_path / "one", tiny_model_dir, layers_per_booster=2, steps_per_booster=3,
-                                          train=TRAIN), "r.yaml")
-    setup = prepare(single, "r.yaml")
-    run = RunDir(single.output_dir)
-    run.create("{}\n", {"model_dir": "x"}, overwrite=False)
-    Trainer(setup, run, show_progress=False).fit()
+    setup, run = train_in_memory(tiny_recipe(tmp_path / "one", tiny_model_dir, layers_per_booster=2, steps_per_booster=3, train=TRAIN))
     reference = final_weights(setup.model)
 
     base = final_weights(load_model(tiny_model_dir, "float32"))

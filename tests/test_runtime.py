@@ -8,13 +8,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tests.conftest import tiny_recipe
+from tests.conftest import tiny_recipe, train_in_memory
 from xgblora_cli.errors import UserError
-from xgblora_cli.recipe_file import recipe_from_dict
-from xgblora_cli.rundir import RunDir
-from xgblora_cli.runner import prepare
 from xgblora_cli.runtime import Ranks, init_from_env, pick_device, seeded_generator
-from xgblora_cli.train import Trainer
 
 
 def test_device_choice() -> None:
@@ -64,12 +60,10 @@ def test_every_tensor_of_a_train_step_reaches_the_collectives_on_the_ranks_devic
 
     monkeypatch.setattr(dist, "all_reduce", all_reduce)
     monkeypatch.setattr(dist, "all_gather", all_gather)
-    recipe = recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir, steps_per_booster=2, train={"max_steps": 2}), "r.yaml")
-    setup = prepare(recipe, "r.yaml")
-    setup.ranks = Ranks(rank=0, world=2, device=setup.device)
-    run = RunDir(recipe.output_dir)
-    run.create("{}\n", {"model_dir": "x"}, overwrite=False)
-    Trainer(setup, run, show_progress=False).fit()
+    def as_rank0_of_2(setup) -> None:
+        setup.ranks = Ranks(rank=0, world=2, device=setup.device)
+
+    setup, _ = train_in_memory(tiny_recipe(tmp_path, tiny_model_dir, steps_per_booster=2, train={"max_steps": 2}), setup_hook=as_rank0_of_2)
     kinds = {kind for kind, _, _ in seen}
     assert kinds == {"all_reduce", "all_gather"} and len(seen) >= 2 * 3 + 1  # per step: counts, grads, loss, tokens
     assert all(device == setup.device for _, device, _ in seen), seen

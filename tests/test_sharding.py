@@ -12,16 +12,15 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.conftest import ROOT, run_cli, tiny_recipe, write_recipe
+from tests.conftest import ROOT, run_cli, tiny_recipe, train_in_memory, write_recipe
 from tests.test_distributed import free_port
 from xgblora_cli.errors import UserError
 from xgblora_cli.export import merge_run
 from xgblora_cli.merge import shard_rows
-from xgblora_cli.recipe_file import recipe_from_dict, recipe_to_yaml
+from xgblora_cli.recipe_file import recipe_from_dict
 from xgblora_cli.record import Record
 from xgblora_cli.rundir import RunDir
-from xgblora_cli.runner import prepare, start_run
-from xgblora_cli.train import Trainer
+from xgblora_cli.runner import start_run
 
 TRAIN = {"max_steps": 6, "batch_size": 4, "learning_rate": 1e-2, "max_seq_len": 64, "checkpoint_every": 2, "sharding": "fsdp"}
 
@@ -41,13 +40,7 @@ def _worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> No
     from xgblora_cli.runtime import init_from_env, shutdown
 
     ranks = init_from_env("cpu")
-    recipe = recipe_from_dict(recipe_dict, "r.yaml")
-    setup = prepare(recipe, "r.yaml", ranks)
-    run = RunDir(recipe.output_dir)
-    if ranks.main:
-        run.create("{}\n", {"model_dir": "x"}, overwrite=False)
-    ranks.barrier()
-    Trainer(setup, run, show_progress=False).fit()
+    setup, _ = train_in_memory(recipe_dict, ranks)
     shards = {n: p.to_local().clone() for n, p in setup.model.named_parameters()}
     full = {n: p.full_tensor().clone() for n, p in setup.model.named_parameters()}
     torch.save({"shards": shards, "full": full}, Path(out) / f"rank{rank}.pt")
@@ -60,12 +53,8 @@ def test_two_sharded_ranks_equal_one_process(tmp_path: Path, tiny_model_dir: Pat
     mp.spawn(_worker, args=(2, free_port(), recipe_dict, str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
 
-    single = recipe_from_dict(tiny_recipe(tmp_path / "one", tiny_model_dir, layers_per_booster=2, steps_per_booster=3,
-                                          train={**TRAIN, "sharding": "none"}), "r.yaml")
-    setup = prepare(single, "r.yaml")
-    run = RunDir(single.output_dir)
-    run.create("{}\n", {"model_dir": str(tiny_model_dir)}, overwrite=False)
-    Trainer(setup, run, show_progress=False).fit()
+    setup, run = train_in_memory(tiny_recipe(tmp_path / "one", tiny_model_dir, layers_per_booster=2, steps_per_booster=3,
+                                             train={**TRAIN, "sharding": "none"}))
     reference = {n: p.detach() for n, p in setup.model.named_parameters()}
     touched = {name for b in Record(run.path).load() for name in b.factors}
     assert touched
@@ -77,10 +66,7 @@ def test_two_sharded_ranks_equal_one_process(tmp_path: Path, tiny_model_dir: Pat
         torch.testing.assert_close(rank0["full"][name], value, atol=1e-5, rtol=0)
 
     # the record of the sharded run merges to the same folder as the one-process run's
-    sharded_run = tmp_path / "fsdp" / "run"  # both runs were created by hand above: give them what merge reads
-    for folder in (sharded_run, run.path):
-        RunDir(folder).write_info({"model_dir": str(tiny_model_dir), "dtype": "float32"})
-        (folder / "recipe.yaml").write_text(recipe_to_yaml(single))
+    sharded_run = tmp_path / "fsdp" / "run"
     merge_run(sharded_run, tmp_path / "merged_fsdp")
     merge_run(run.path, tmp_path / "merged_one")
     from safetensors.torch import load_file

@@ -23,7 +23,7 @@ from xgblora_cli.hubdata import hub_rows
 from xgblora_cli.jsonfile import read_records
 
 ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
 
 
 def read_rows(spec: str, split: str = "train") -> list:
@@ -98,30 +98,27 @@ def check_turns(messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return messages
 
 
-def messages(row: dict) -> dict:
-    turns = row.get("messages")
-    if not isinstance(turns, list) or not turns:
-        raise ValueError("'messages' must be a non-empty list of {role, content}")
+def turns(row: dict, key: str, role_key: str, text_key: str, roles: dict[str, str], named: str) -> dict:
+    """A conversation under ``row[key]`` as OpenAI messages: ``role_key`` mapped through ``roles`` (``named``: how
+    errors list them), ``text_key`` the text."""
+    found = row.get(key)
+    if not isinstance(found, list) or not found:
+        raise ValueError(f"{key!r} must be a non-empty list of {{{role_key}, {text_key}}}")
     out = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
-            role = turn.get("role") if isinstance(turn, dict) else turn
-            raise ValueError(f"messages[{i}] must be {{role: system|user|assistant, content: str}}, got role {role!r}")
-        out.append({"role": turn["role"], "content": turn["content"]})
+    for i, turn in enumerate(found):
+        if not isinstance(turn, dict) or turn.get(role_key) not in roles or not isinstance(turn.get(text_key), str):
+            who = turn.get(role_key) if isinstance(turn, dict) else turn
+            raise ValueError(f"{key}[{i}] must be {{{role_key}: {named}, {text_key}: str}}, got {role_key} {who!r}")
+        out.append({"role": roles[turn[role_key]], "content": turn[text_key]})
     return {"messages": check_turns(out)}
+
+
+def messages(row: dict) -> dict:
+    return turns(row, "messages", "role", "content", {role: role for role in ROLES}, "system|user|assistant")
 
 
 def sharegpt(row: dict) -> dict:
-    turns = row.get("conversations")
-    if not isinstance(turns, list) or not turns:
-        raise ValueError("'conversations' must be a non-empty list of {from, value}")
-    out = []
-    for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or turn.get("from") not in SHAREGPT_ROLES or not isinstance(turn.get("value"), str):
-            who = turn.get("from") if isinstance(turn, dict) else turn
-            raise ValueError(f"conversations[{i}] must be {{from: system|human|gpt, value: str}}, got from {who!r}")
-        out.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]})
-    return {"messages": check_turns(out)}
+    return turns(row, "conversations", "from", "value", SHAREGPT_ROLES, "system|human|gpt")
 
 
 CONVERTERS = {"alpaca": alpaca, "prompt_completion": prompt_completion, "messages": messages, "sharegpt": sharegpt}
