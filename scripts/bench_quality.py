@@ -103,7 +103,7 @@ class TaskBench:
         every = max(1, steps // 4)
         points = []
         for step in range(every, steps + 1, every):
-            points.append((step, run["wall_s"] * step / steps, self.test_acc(str(run["dir"]), run["dir"], step)))
+            points.append((step, run["step_s"] * step, self.test_acc(str(run["dir"]), run["dir"], step)))
         return points
 
 
@@ -140,7 +140,7 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
 
 def task_table(name: str, base: tuple[float, float], rows: dict[str, dict]) -> str:
     lines = [f"**{name}** (test = GLUE dev; validation = held-out training records)", "",
-             "| model | learning rate (validation accuracy by rate) | validation acc. | test accuracy | train wall (s) | trainable params |",
+             "| model | learning rate (validation accuracy by rate) | validation acc. | test accuracy | s per step (median) | trainable params |",
              "|---|---|---|---|---|---|",
              f"| base (untouched) | - | {base[0]:.1f} | {base[1]:.1f} | - | 0 |"]
     for method, row in rows.items():
@@ -150,7 +150,7 @@ def task_table(name: str, base: tuple[float, float], rows: dict[str, dict]) -> s
         label = f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"
         params = f"{row['runs'][0]['trainable_per_booster']:,}/booster"
         lines.append(f"| {label} | **{row['lr']:g}** ({grid}) | {val} | **{spread(row['test'])}** (n={len(row['test'])}) "
-                     f"| {spread([r['wall_s'] for r in row['runs']], 0)} | {params} |")
+                     f"| {spread([r['step_s'] for r in row['runs']], 2)} | {params} |")
     return "\n".join(lines)
 
 
@@ -159,7 +159,7 @@ def curve_table(rows: dict[str, dict]) -> str:
     lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + " | s per step |", "|---|" + "---|" * (len(steps) + 1)]
     for method, row in rows.items():
         cells = [spread([c[i][2] for c in row["curves"]]) for i in range(len(steps))]
-        per_step = statistics.mean(r["wall_s"] for r in row["runs"]) / steps[-1]
+        per_step = statistics.mean(r["step_s"] for r in row["runs"])
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {per_step:.2f} |")
     return "\n".join(lines)
 
@@ -174,7 +174,7 @@ def plot_curves(results: dict[str, dict], out: Path) -> None:
     figure, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
     for row_axes, (task, rows) in zip(axes, results.items()):
         for method, row in rows.items():
-            for column, x_index, label in ((0, 0, "optimizer step"), (1, 1, "training seconds (this machine)")):
+            for column, x_index, label in ((0, 0, "optimizer step"), (1, 1, "training seconds (median step x steps, this machine)")):
                 xs = [statistics.mean(c[i][x_index] for c in row["curves"]) for i in range(len(row["curves"][0]))]
                 ys = [statistics.mean(c[i][2] for c in row["curves"]) for i in range(len(row["curves"][0]))]
                 row_axes[column].plot(xs, ys, marker="o", label=method)

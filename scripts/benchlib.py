@@ -123,8 +123,15 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
         timing.write_text(f"{time.perf_counter() - started:.1f}\n")
     info = json.loads(info_file.read_text())
     trainable = info["trainable_per_booster"]
-    return {"dir": out, "wall_s": float(timing.read_text()), "plan": info["plan"], "trainable_per_booster": trainable,
+    return {"dir": out, "wall_s": float(timing.read_text()), "step_s": step_seconds(out), "plan": info["plan"], "trainable_per_booster": trainable,
             "trainable_total": trainable * info["plan"]["num_boosters"]}
+
+
+def step_seconds(run_dir: Path) -> float:
+    """The median seconds of one optimizer step, from the run's own metrics (each step's tokens over its
+    tokens/s): robust to a pause or a burst of load that a run's total wall time would absorb."""
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return statistics.median(r["tokens"] / r["tokens_per_s"] for r in rows if "loss" in r and r.get("tokens_per_s"))
 
 
 def accuracy(runner: Runner, target: str, task: str, data: Path, result: Path, *flags: str) -> float:

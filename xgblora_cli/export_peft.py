@@ -76,7 +76,7 @@ def adapter_tensors(stack: FactorStack, names: list[str], shapes: dict[str, tupl
             u, v, kept, total = best_rank(u, v, rank)
             truncation.kept[name], truncation.total[name] = kept, total
         factors[name] = (u, v)
-    width = rank if rank is not None else max((u.shape[1] for u, _ in factors.values()), default=1)
+    width = max((u.shape[1] for u, _ in factors.values()), default=1)  # never wider than the longest stack
     tensors = {}
     for name in names:
         d_out, d_in = shapes[name]
