@@ -2,7 +2,9 @@
 
 Each mode runs 2 ranks (torch.multiprocessing) that load SmolLM2-135M and train ``--steps`` xgblora steps of a
 global batch of ``--batch`` SST-2 examples; every rank reports the bytes of base weights it holds and its peak
-resident memory above what it held after the imports. Same model, data and steps for both modes.
+anonymous memory (RssAnon, sampled every 20 ms; memory-mapped base files are not counted) above what it held
+after the imports. Same model, data and steps for both modes; run with ``MALLOC_MMAP_THRESHOLD_=131072`` so
+freed memory goes back to the system (as scripts/plan_check.py does).
 
     .venv/bin/python scripts/bench_sharding.py [--steps 2] [--batch 4]
 
@@ -14,9 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import torch.multiprocessing as mp
@@ -24,8 +27,24 @@ import torch.multiprocessing as mp
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def rss() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+def anon() -> int:
+    """Anonymous resident memory (RssAnon): what the process allocated, not pages of memory-mapped files (the base's
+    safetensors are mapped, and which of their pages count as resident depends on what was read, not on what is held)."""
+    line = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
+
+
+class PeakSampler(threading.Thread):
+    """The highest RssAnon seen, sampled every 20 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.running = anon(), True
+
+    def run(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, anon())
+            time.sleep(0.02)
 
 
 def free_port() -> int:
@@ -42,18 +61,23 @@ def worker(rank: int, world: int, port: int, recipe: dict, out: str) -> None:
     from xgblora_cli.runtime import init_from_env, shutdown
     from xgblora_cli.train import Trainer
 
-    baseline = rss()
+    baseline = anon()
+    sampler = PeakSampler()
+    sampler.start()
     ranks = init_from_env("cpu")
     parsed = recipe_from_dict(recipe, "bench")
     setup = prepare(parsed, "bench", ranks)
     held = sum((p.to_local() if type(p).__name__ == "DTensor" else p).numel() * p.element_size() for p in setup.model.parameters())
+    loaded = sampler.peak - baseline
     run = RunDir(parsed.output_dir)
     if ranks.main:
         run.create("{}\n", {"model_dir": str(setup.model_dir)}, overwrite=True)
     ranks.barrier()
     Trainer(setup, run, show_progress=False).fit()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - baseline
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"weights": held, "peak": peak}))
+    sampler.running = False
+    sampler.join()
+    peak = sampler.peak - baseline
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"weights": held, "peak": peak, "loaded": loaded}))
     shutdown(ranks)
 
 
@@ -72,8 +96,8 @@ def main() -> None:
             mp.spawn(worker, args=(2, free_port(), recipe, tmp), nprocs=2, join=True)
             results[mode] = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(2)]
         for rank, r in enumerate(results[mode]):
-            print(f"sharding={mode:>4} rank {rank}: base weights held {r['weights'] / 2**20:7.1f} MiB, "
-                  f"peak memory above imports {r['peak'] / 2**20:7.1f} MiB", flush=True)
+            print(f"sharding={mode:>4} rank {rank}: base weights held {r['weights'] / 2**20:7.1f} MiB, peak memory above "
+                  f"imports {r['loaded'] / 2**20:7.1f} MiB when loaded, {r['peak'] / 2**20:7.1f} MiB after training", flush=True)
     none, fsdp = results["none"][0], results["fsdp"][0]
     print(f"fsdp_weight_ratio={fsdp['weights'] / none['weights']:.3f} fsdp_peak_ratio={fsdp['peak'] / none['peak']:.3f}")
 
