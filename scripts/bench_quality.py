@@ -59,6 +59,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     p.add_argument("--methods", nargs="+", default=[*GRIDS, "control"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--lrs", nargs="*", default=[], metavar="METHOD=LR,LR",
+                   help="replace a method's learning-rate grid (for every task run), e.g. xgblora=1e-2 lora=1e-3")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -77,6 +79,7 @@ class TaskBench:
         write_records(self.data["train"], budget.name, train)
         write_records(self.data["val"], budget.name, val)
         self.test = args.glue / GLUE[budget.name].folder / "dev.tsv"
+        self.grids = {**GRIDS, **{m: [float(v) for v in values.split(",")] for m, values in (item.split("=", 1) for item in args.lrs)}}
 
     def run(self, method: str, lr: float, seed: int) -> dict:
         return train_run(self.runner, self.work, self.budget, self.data["train"], method, lr, seed)
@@ -119,7 +122,7 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
                     continue
                 best, grid_scores = chosen["xgblora"], {}
             else:
-                best, grid_scores = bench.choose(method, GRIDS[method])
+                best, grid_scores = bench.choose(method, bench.grids[method])
             chosen[method] = best
         except Missing:
             unfinished.append(f"{bench.budget.name} {method} (learning-rate grid)")
