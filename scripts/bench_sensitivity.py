@@ -1,0 +1,124 @@
+"""How sensitive xgblora is, on validation only: its learning rate over seeds, and kappa, k, rank, alpha, the block
+schedule and the budget around the chosen rate (GLUE SST-2 and RTE, the splits of scripts/bench_quality.py).
+
+Every run is the budget of bench_quality.py (100 steps of 8 examples) except the long one; every number is
+validation accuracy (held-out training records, label scoring), never test. Runs are shared with bench_quality.py
+(same work folder and names), so its grid's seed-0 runs are reused. The table is rewritten after every run, so
+what is finished is visible and an interrupted benchmark continues where it stopped.
+
+    .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from bench_quality import BUDGETS, TaskBench
+from benchlib import (
+    GLUE_DIR,
+    ROOT,
+    Missing,
+    Runner,
+    accuracy,
+    spread,
+    train_run,
+    write_doc,
+)
+
+START, END = "<!-- bench_sensitivity:start -->", "<!-- bench_sensitivity:end -->"
+# (what the table calls it, recipe keys), one change at a time around the xgblora preset
+VARIANTS = [
+    ("kappa = 5", {"steps_per_booster": 5}), ("kappa = 20", {"steps_per_booster": 20}),
+    ("k = 2", {"layers_per_booster": 2}), ("k = 8", {"layers_per_booster": 8}),
+    ("rank 2", {"rank": 2}), ("alpha = 1 (scale 1)", {"alpha": 1}), ("alpha = 8 (scale 8)", {"alpha": 8}),
+    ("block schedule: cycle (variant)", {"block_schedule": "cycle"}), ("re-warmup 2 steps a booster (variant)", {"train.rewarmup_steps": 2}),
+]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(BUDGETS))
+    p.add_argument("--lr", type=float, default=1e-2, help="the xgblora rate the variants are taken around")
+    p.add_argument("--grid", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--long-steps", type=int, default=400, help="one run this long, scored at 8 snapshots (0: none)")
+    p.add_argument("--glue", type=Path, default=GLUE_DIR)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--lrs", nargs="*", default=[])
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args()
+
+
+def val(bench: TaskBench, method: str, lr: float, seed: int, extra: dict | None = None) -> float | None:
+    """Validation accuracy of one run (None with --report-only when it has not run yet)."""
+    try:
+        run = train_run(bench.runner, bench.work, bench.budget, bench.data["train"], method, lr, seed, extra)
+        return bench.val_acc(str(run["dir"]), run["dir"])
+    except Missing:
+        return None
+
+
+def cells(accs: list[float | None], reference: float | None = None) -> str:
+    done = [a for a in accs if a is not None]
+    if not done:
+        return "not run yet | |"
+    shift = f" ({statistics.mean(done) - reference:+.1f})" if reference is not None else ""
+    return f"{spread(done)}{shift} | {' '.join('-' if a is None else f'{a:.1f}' for a in accs)} |"
+
+
+def rows_for(bench: TaskBench, args: argparse.Namespace, lines: list[str]) -> None:
+    """Append this task's table rows to ``lines`` as runs finish (rewriting the doc each time)."""
+    name = bench.budget.name
+    for lr in args.grid:
+        lines.append(f"| {name} | xgblora lr {lr:g} | {cells([val(bench, 'xgblora', lr, seed) for seed in args.seeds])}")
+        write(args, lines)
+    at_rate = [a for a in (val(bench, "xgblora", args.lr, seed) for seed in args.seeds) if a is not None]
+    reference = statistics.mean(at_rate) if at_rate else None
+    for label, extra in VARIANTS:
+        lines.append(f"| {name} | {label}, lr {args.lr:g} | {cells([val(bench, 'xgblora', args.lr, s, extra) for s in args.seeds], reference)}")
+        write(args, lines)
+
+
+def long_curve(bench: TaskBench, args: argparse.Namespace, lines: list[str]) -> None:
+    """One xgblora run of ``--long-steps`` steps, validation accuracy at 8 snapshots."""
+    budget = replace(bench.budget, steps=args.long_steps)
+    try:
+        run = train_run(bench.runner, bench.work, budget, bench.data["train"], "xgblora", args.lr, 0,
+                        {"train.max_steps": args.long_steps}, snapshots=8)
+    except Missing:
+        lines.append(f"| {bench.budget.name} | xgblora lr {args.lr:g}, {args.long_steps} steps | not run yet | |")
+        return write(args, lines)
+    points = []
+    for step in range(args.long_steps // 8, args.long_steps + 1, args.long_steps // 8):
+        points.append(f"{step}: {accuracy(bench.runner, str(run['dir']), 'choice', bench.data['val'], run['dir'] / f'val_step{step}.json', '--step', str(step)):.1f}")
+    lines.append(f"| {bench.budget.name} | xgblora lr {args.lr:g}, {args.long_steps} steps, by step | {', '.join(points)} | seed 0 |")
+    write(args, lines)
+
+
+def write(args: argparse.Namespace, lines: list[str]) -> None:
+    command = "python scripts/bench_sensitivity.py " + shlex.join(sys.argv[1:])
+    head = ["| task | xgblora setting | validation accuracy, mean ± sd (vs the preset at the rate) | by seed |", "|---|---|---|---|"]
+    write_doc(args.doc, f"Command: `{command.strip()}`; validation accuracy (%), seeds {' '.join(map(str, args.seeds))}.\n\n"
+              + "\n".join(head + lines), START, END)
+
+
+def main() -> None:
+    args = parse_args()
+    runner = Runner(args.report_only)
+    lines: list[str] = []
+    for task in args.tasks:
+        bench = TaskBench(args, runner, BUDGETS[task])
+        rows_for(bench, args, lines)
+        if args.long_steps:
+            long_curve(bench, args, lines)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
