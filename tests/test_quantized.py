@@ -106,7 +106,7 @@ def test_a_quantized_run_evaluates_as_trained(quantized_run, tiny_model_dir: Pat
     from xgblora_cli.evaluate import EvalSettings, load_target
 
     _, model, _, run_dir = quantized_run
-    reloaded, _, described = load_target(str(run_dir), EvalSettings(tasks=["perplexity"], device="cpu"))
+    reloaded, _, described, _ = load_target(str(run_dir), EvalSettings(tasks=["perplexity"], device="cpu"))
     assert described["boosters"] == 3 and any(is_quantized(m) for m in reloaded.modules())
     ids = torch.randint(0, 300, (2, 12))
     model.eval()  # bitsandbytes' 8-bit layers compute differently in train mode
