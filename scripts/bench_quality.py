@@ -49,7 +49,7 @@ BUDGETS = {
     "sst2": TaskBudget("sst2", train=1000, val=200, steps=100, batch=8, seq=128, min_words=5),
     "rte": TaskBudget("rte", train=1040, val=150, steps=100, batch=8, seq=256),
 }
-GRIDS = {"xgblora": [3e-3, 1e-2, 3e-2], "cola": [3e-4, 1e-3, 3e-3], "lora": [3e-4, 1e-3, 3e-3]}
+GRIDS = {"xgblora": [3e-3, 1e-2, 3e-2], "cola": [3e-4, 1e-3, 3e-3, 1e-2], "lora": [3e-4, 1e-3, 3e-3, 1e-2]}
 CURVE_LIMIT = 200  # test questions per learning-curve point (a seeded subset; the end point uses the whole split)
 START, END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
 
