@@ -20,7 +20,7 @@ from xgblora_cli.record import Record
 from xgblora_cli.rundir import RunDir
 from xgblora_cli.runner import start_run
 from xgblora_cli.runtime import FAULT_ENV
-from xgblora_cli.train import lr_at
+from xgblora_cli.train import carry_second_moments, lr_at
 
 
 def test_lr_schedule_warmup_cosine_and_rewarmup() -> None:
@@ -112,6 +112,48 @@ def test_sigkill_mid_booster_then_resume_equals_an_uninterrupted_run(tmp_path: P
     assert len(losses(tmp_path / "b")) == 8
     if packing:  # rows held several examples: more tokens per step than one padded example each
         assert min(r["tokens"] for r in step_rows(tmp_path / "a")) > 2 * 2 * 160  # 2 rows, each beyond the longest example
+
+
+def test_carry_second_moments_seeds_matching_slots_and_zeroes_first_moments() -> None:
+    old = [torch.nn.Parameter(torch.randn(2, 3)), torch.nn.Parameter(torch.randn(4))]
+    previous_opt = torch.optim.AdamW(old, lr=0.1)
+    for _ in range(3):
+        sum((p ** 2).sum() for p in old).backward()
+        previous_opt.step()
+        previous_opt.zero_grad()
+    previous = previous_opt.state_dict()["state"]
+    new = [torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(5))]  # slot 1: another shape
+    fresh = torch.optim.AdamW(new, lr=0.1)
+    assert carry_second_moments(fresh, previous) == 1
+    state = fresh.state[new[0]]
+    assert torch.equal(state["exp_avg_sq"], previous[0]["exp_avg_sq"]) and float(state["step"]) == 3.0
+    assert not state["exp_avg"].any() and new[1] not in fresh.state
+    (new[0].sum() + new[1].sum()).backward()
+    fresh.step()  # torch's AdamW accepts the seeded state and fills the unseeded slot itself
+    assert float(fresh.state[new[0]]["step"]) == 4.0 and float(fresh.state[new[1]]["step"]) == 1.0
+
+
+def test_carried_moments_change_the_next_boosters_and_survive_a_kill_between_boosters(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """train.carry_moments: booster 2 starts from booster 1's second moments, so its updates differ from a fresh
+    AdamW's; killed right after the first merge (the checkpoint between boosters), a resumed run still carries."""
+    recipes = {name: write_recipe(tmp_path / f"{name}.yaml", **tiny_recipe(
+        tmp_path, tiny_model_dir, output_dir=str(tmp_path / name), train={"carry_moments": name != "fresh"}))
+        for name in ("fresh", "carry", "killed")}
+    for name in ("fresh", "carry"):
+        assert run_cli("train", str(recipes[name]), "--no-progress").returncode == 0
+    result = run_cli("train", str(recipes["killed"]), "--no-progress", env={FAULT_ENV: "3"})
+    assert result.returncode == -9, result.stderr
+    ckpt = RunDir(tmp_path / "killed").load_checkpoint()
+    assert (ckpt.step, ckpt.booster, ckpt.recorded) == (3, None, 1) and ckpt.optimizer["state"]
+    assert run_cli("train", str(recipes["killed"]), "--resume", "--no-progress").returncode == 0
+
+    losses = {name: [r["loss"] for r in step_rows(tmp_path / name)] for name in recipes}
+    assert losses["carry"][:4] == losses["fresh"][:4]  # booster 1, and booster 2's first step (its B starts at 0)
+    assert any(abs(a - b) > 1e-6 for a, b in zip(losses["carry"][4:], losses["fresh"][4:]))
+    assert losses["killed"] == pytest.approx(losses["carry"], abs=1e-5)
+    carry, killed = _final_weights(tmp_path / "carry", tiny_model_dir), _final_weights(tmp_path / "killed", tiny_model_dir)
+    for name in carry:
+        assert torch.allclose(carry[name], killed[name], rtol=0, atol=1e-6), name
 
 
 def test_bfloat16_run_trains_and_merges_to_bfloat16(tmp_path: Path, tiny_model_dir: Path) -> None:

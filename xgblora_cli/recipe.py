@@ -87,6 +87,8 @@ class TrainArgs:
     """Linear warmup steps at the start of the run, before the cosine decay."""
     rewarmup_steps: int = 0
     """An extra linear re-warmup over the first steps of each booster (0: none)."""
+    carry_moments: bool = False
+    """A variant beyond the paper: each new booster's AdamW starts from the last merged booster's second moments and step count (parameter by parameter; first moments restart at zero) instead of fresh."""
     min_lr_ratio: float = 0.1
     """Where the cosine decay ends, as a fraction of the peak rate."""
     weight_decay: float = 0.0

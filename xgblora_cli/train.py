@@ -52,6 +52,27 @@ def make_optimizer(booster: ActiveBooster, args: TrainArgs, peak: float) -> torc
     return torch.optim.AdamW(booster.parameters(), lr=peak, weight_decay=args.weight_decay)
 
 
+def carry_second_moments(optimizer: torch.optim.Optimizer, previous: dict[int, dict[str, torch.Tensor]]) -> int:
+    """Start a fresh AdamW from the second moments and step counts of ``previous`` (``state_dict()["state"]`` of
+    the last merged booster's AdamW), matched by parameter position, where the shapes agree (every block of a
+    LLaMA-like model has the same shapes, so slot i of one booster maps to slot i of the next). First moments
+    start at zero: with the carried step count Adam's bias correction no longer scales them up, so each booster's
+    first updates are damped (a built-in short warmup). Returns how many parameters were seeded."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    seeded = 0
+    for index, param in enumerate(params):
+        old = previous.get(index)
+        if old is None or "exp_avg_sq" not in old or old["exp_avg_sq"].shape != param.shape:
+            continue
+        optimizer.state[param] = {
+            "step": old["step"].detach().clone().to(torch.float32),
+            "exp_avg": torch.zeros_like(param, memory_format=torch.preserve_format),
+            "exp_avg_sq": old["exp_avg_sq"].detach().clone().to(param.device, param.dtype),
+        }
+        seeded += 1
+    return seeded
+
+
 @dataclass
 class Setup:
     """Everything a run needs, built (and validated) before anything is written."""
@@ -94,6 +115,7 @@ class Trainer:
         self.failures = 0  # consecutive discarded boosters
         self.booster: ActiveBooster | None = None
         self.optimizer: torch.optim.Optimizer | None = None
+        self.carried: dict = {}  # train.carry_moments: the last merged booster's AdamW state, for the next one
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint: replay the record, rebuild the booster in flight and its optimizer."""
@@ -108,6 +130,8 @@ class Trainer:
             self.booster.load_tensors(ckpt.adapters)
             self.optimizer = make_optimizer(self.booster, self.args, self.peak_lr)
             self.optimizer.load_state_dict(ckpt.optimizer)
+        elif self.args.carry_moments:  # between boosters the checkpoint holds the moments to carry
+            self.carried = ckpt.optimizer["state"]
         torch.set_rng_state(ckpt.rng)
         if self.ranks.main:
             self.run.truncate_metrics(ckpt.step)
@@ -127,7 +151,7 @@ class Trainer:
             recorded=len(self.record),
             booster=None if booster is None else booster.index,
             adapters={} if booster is None else booster.tensors(),
-            optimizer={"state": {}} if self.optimizer is None else self.optimizer.state_dict(),
+            optimizer={"state": self.carried} if self.optimizer is None else self.optimizer.state_dict(),
             rng=torch.get_rng_state(),
             attempt=self.attempt,
             failures=self.failures,
@@ -141,6 +165,8 @@ class Trainer:
         if self.ranks.main:
             self.record.append(done)
         self._log({"step": self.step, "event": "booster_merged", "booster": done.index, "blocks": done.blocks})
+        if self.args.carry_moments and self.optimizer is not None:
+            self.carried = self.optimizer.state_dict()["state"]
         self.booster, self.optimizer = None, None
         self.failures = 0
 
@@ -207,6 +233,7 @@ class Trainer:
                 if self.booster is None:
                     self.booster = self.engine.start(self.step // kappa, self.attempt)
                     self.optimizer = make_optimizer(self.booster, self.args, self.peak_lr)
+                    carry_second_moments(self.optimizer, self.carried)
                 started = time.perf_counter()
                 loss, tokens = self._train_step()
                 lr = self.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
