@@ -37,6 +37,7 @@ VARIANTS = [
     ("k = 2", {"layers_per_booster": 2}), ("k = 8", {"layers_per_booster": 8}),
     ("rank 2", {"rank": 2}), ("alpha = 1 (scale 1)", {"alpha": 1}), ("alpha = 8 (scale 8)", {"alpha": 8}),
     ("block schedule: cycle (variant)", {"block_schedule": "cycle"}), ("re-warmup 2 steps a booster (variant)", {"train.rewarmup_steps": 2}),
+    ("AdamW second moments carried across boosters (variant)", {"train.carry_moments": True}),
 ]
 
 
