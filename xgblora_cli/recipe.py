@@ -49,11 +49,11 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Rank-1 boosters on a few random blocks, merged often (the paper's method).
-    "xgblora": Preset(rank=1, layers_per_booster=4, learning_rate=3e-3, steps_per_booster=10),
+    "xgblora": Preset(rank=1, layers_per_booster=4, learning_rate=1e-2, steps_per_booster=10),
     # Chain of LoRA: a few long rank-8 boosters over every block.
-    "cola": Preset(rank=8, layers_per_booster="all", learning_rate=3e-4, boosters=3),
+    "cola": Preset(rank=8, layers_per_booster="all", learning_rate=1e-3, boosters=3),
     # Plain LoRA: one booster over every block for the whole run, merged at export.
-    "lora": Preset(rank=8, layers_per_booster="all", learning_rate=3e-4, boosters=1),
+    "lora": Preset(rank=8, layers_per_booster="all", learning_rate=1e-3, boosters=1),
 }
 
 
@@ -82,7 +82,7 @@ class TrainArgs:
     grad_accum: int = 1
     """Micro-batches summed into each optimizer step (the effective batch is batch_size x grad_accum)."""
     learning_rate: float | None = None
-    """Peak learning rate; unset: the method preset's (xgblora 3e-3, cola and lora 3e-4; see Recipe.learning_rate)."""
+    """Peak learning rate; unset: the method preset's (xgblora 1e-2, cola and lora 1e-3; see Recipe.learning_rate)."""
     warmup_steps: int = 0
     """Linear warmup steps at the start of the run, before the cosine decay."""
     rewarmup_steps: int = 0
