@@ -59,13 +59,27 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
     p.add_argument("--methods", nargs="+", default=[*GRIDS, "control"])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--lrs", nargs="*", default=[], metavar="METHOD=LR,LR",
-                   help="replace a method's learning-rate grid (for every task run), e.g. xgblora=1e-2 lora=1e-3")
+    p.add_argument("--lrs", nargs="*", default=[], metavar="[TASK:]METHOD=LR,LR",
+                   help="replace a method's learning-rate grid, for every task or (with TASK:) one task, "
+                        "e.g. xgblora=1e-2 rte:lora=1e-3")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--report-only", action="store_true", help="write the tables from finished results only; run nothing")
     return p.parse_args()
+
+
+def grids(task: str, overrides: list[str]) -> dict[str, list[float]]:
+    """Each method's learning-rate grid for ``task``: GRIDS, replaced by ``METHOD=LR,LR`` overrides for every task
+    and then by ``TASK:METHOD=LR,LR`` overrides for this one."""
+    chosen = dict(GRIDS)
+    for scoped in (False, True):
+        for item in overrides:
+            key, values = item.split("=", 1)
+            scope, _, method = key.rpartition(":")
+            if bool(scope) == scoped and scope in ("", task):
+                chosen[method] = [float(v) for v in values.split(",")]
+    return chosen
 
 
 class TaskBench:
@@ -79,7 +93,7 @@ class TaskBench:
         write_records(self.data["train"], budget.name, train)
         write_records(self.data["val"], budget.name, val)
         self.test = args.glue / GLUE[budget.name].folder / "dev.tsv"
-        self.grids = {**GRIDS, **{m: [float(v) for v in values.split(",")] for m, values in (item.split("=", 1) for item in args.lrs)}}
+        self.grids = grids(budget.name, args.lrs)
 
     def run(self, method: str, lr: float, seed: int) -> dict:
         return train_run(self.runner, self.work, self.budget, self.data["train"], method, lr, seed)

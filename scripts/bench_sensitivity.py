@@ -31,14 +31,18 @@ from benchlib import (
 )
 
 START, END = "<!-- bench_sensitivity:start -->", "<!-- bench_sensitivity:end -->"
-# (what the table calls it, recipe keys), one change at a time around the xgblora preset
+# (what the table calls it, recipe keys), one change at a time around the xgblora preset; the ones that might close
+# the gap to lora at short budgets (restarts of the optimizer, fewer boosters, more blocks) first, since the runs go
+# seed-major and an interrupted benchmark has then measured those
 VARIANTS = [
-    ("kappa = 5", {"steps_per_booster": 5}), ("kappa = 20", {"steps_per_booster": 20}),
-    ("k = 2", {"layers_per_booster": 2}), ("k = 8", {"layers_per_booster": 8}),
-    ("rank 2", {"rank": 2}), ("alpha = 1 (scale 1)", {"alpha": 1}), ("alpha = 8 (scale 8)", {"alpha": 8}),
-    ("block schedule: cycle (variant)", {"block_schedule": "cycle"}), ("re-warmup 2 steps a booster (variant)", {"train.rewarmup_steps": 2}),
     ("AdamW second moments carried across boosters (variant)", {"train.carry_moments": True}),
+    ("kappa = 20", {"steps_per_booster": 20}), ("k = 8", {"layers_per_booster": 8}),
+    ("re-warmup 2 steps a booster (variant)", {"train.rewarmup_steps": 2}),
+    ("block schedule: cycle (variant)", {"block_schedule": "cycle"}),
+    ("kappa = 5", {"steps_per_booster": 5}), ("k = 2", {"layers_per_booster": 2}), ("rank 2", {"rank": 2}),
+    ("alpha = 1 (scale 1)", {"alpha": 1}), ("alpha = 8 (scale 8)", {"alpha": 8}),
 ]
+Row = tuple[str, float, dict | None]
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,17 +77,37 @@ def cells(accs: list[float | None], reference: float | None = None) -> str:
     return f"{spread(done)}{shift} | {' '.join('-' if a is None else f'{a:.1f}' for a in accs)} |"
 
 
-def rows_for(bench: TaskBench, args: argparse.Namespace, lines: list[str]) -> None:
-    """Append this task's table rows to ``lines`` as runs finish (rewriting the doc each time)."""
-    name = bench.budget.name
-    for lr in args.grid:
-        lines.append(f"| {name} | xgblora lr {lr:g} | {cells([val(bench, 'xgblora', lr, seed) for seed in args.seeds])}")
-        write(args, lines)
-    at_rate = [a for a in (val(bench, "xgblora", args.lr, seed) for seed in args.seeds) if a is not None]
-    reference = statistics.mean(at_rate) if at_rate else None
-    for label, extra in VARIANTS:
-        lines.append(f"| {name} | {label}, lr {args.lr:g} | {cells([val(bench, 'xgblora', args.lr, s, extra) for s in args.seeds], reference)}")
-        write(args, lines)
+def settings(args: argparse.Namespace) -> list[Row]:
+    """The table's rows: (label, rate, extra recipe keys), the rate grid first, then the variants at ``--lr``."""
+    return [(f"xgblora lr {lr:g}", lr, None) for lr in args.grid] + [(f"{label}, lr {args.lr:g}", args.lr, extra)
+                                                                    for label, extra in VARIANTS]
+
+
+def table_lines(args: argparse.Namespace, results: dict[tuple[str, str], dict[int, float | None]]) -> list[str]:
+    """One table line per (task, row) measured so far; shifts are against the preset at ``--lr`` (the mean of its
+    finished seeds)."""
+    lines = []
+    for task in args.tasks:
+        at_rate = [a for a in results.get((task, f"xgblora lr {args.lr:g}"), {}).values() if a is not None]
+        reference = statistics.mean(at_rate) if at_rate else None
+        for label, lr, extra in settings(args):
+            accs = results.get((task, label))
+            if accs is not None:
+                shift = reference if extra is not None else None
+                lines.append(f"| {task} | {label} | {cells([accs.get(seed) for seed in args.seeds], shift)}")
+    return lines
+
+
+def measure(benches: dict[str, TaskBench], args: argparse.Namespace) -> list[str]:
+    """Every row's validation accuracy, seed-major (every row with the first seed before any with the second), the
+    table rewritten after each run; returns the table's lines."""
+    results: dict[tuple[str, str], dict[int, float | None]] = {}
+    for seed in args.seeds:
+        for task, bench in benches.items():
+            for label, lr, extra in settings(args):
+                results.setdefault((task, label), {})[seed] = val(bench, "xgblora", lr, seed, extra)
+                write(args, table_lines(args, results))
+    return table_lines(args, results)
 
 
 def long_curve(bench: TaskBench, args: argparse.Namespace, lines: list[str]) -> None:
@@ -112,11 +136,10 @@ def write(args: argparse.Namespace, lines: list[str]) -> None:
 def main() -> None:
     args = parse_args()
     runner = Runner(args.report_only)
-    lines: list[str] = []
-    for task in args.tasks:
-        bench = TaskBench(args, runner, BUDGETS[task])
-        rows_for(bench, args, lines)
-        if args.long_steps:
+    benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
+    lines = measure(benches, args)
+    if args.long_steps:
+        for bench in benches.values():
             long_curve(bench, args, lines)
     print("\n".join(lines))
 
