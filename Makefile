@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test quickstart bench bench-quality plan-check fidelity clean
+.PHONY: install test quickstart bench bench-quality bench-sensitivity plan-check fidelity clean
 
 install: $(STAMP)
 
@@ -36,6 +36,13 @@ bench: $(STAMP)
 # (hours on 2 cores; resumable: finished runs and evaluations in runs/bench_quality are reused)
 bench-quality: $(STAMP)
 	$(PY) scripts/bench_quality.py
+
+# xgblora's sensitivity on SST-2 validation (rate, kappa, k, rank, alpha, the variants, a long run), then what a user
+# should pick: accuracy against planned 8B memory and measured step time (hours; resumable, runs shared with
+# bench-quality)
+bench-sensitivity: $(STAMP)
+	$(PY) scripts/bench_sensitivity.py
+	$(PY) scripts/bench_tradeoff.py
 
 # xgblora plan against measured peak memory of CPU runs (about 10 minutes)
 plan-check: $(STAMP)

@@ -1,0 +1,183 @@
+"""What a user should pick: accuracy against peak memory and step time, for the presets and the xgblora settings
+worth having (the runs of scripts/bench_quality.py and scripts/bench_sensitivity.py).
+
+- Accuracy: read from the evaluations those benchmarks wrote (nothing is scored here): validation accuracy
+  (held-out training records) over the seeds that have it, and test accuracy (GLUE dev) where the setting was
+  scored on test.
+- Memory: ``xgblora plan`` of the setting on LLaMA3-8B (``recipes/mmlu_llama3.yaml`` with the setting's keys and
+  ``model=recipes/shapes/llama3-8b``) for a 24 GiB GPU: the per-GPU peak a user of the reference card gets.
+- Step time: measured here, in one invocation, in interleaved rounds (every per-step configuration once, then
+  again), each a fresh ``xgblora train`` of ``--steps`` steps of the SST-2 budget (batch 8, 128 tokens) with a new
+  booster every 2 steps (so a round covers several block draws); the median step after the first two, as a ratio
+  to lora's. Settings that differ only in kappa, rate or a variant share their configuration's time.
+
+Step times are cached in ``--work``/step_times.json, so a rerun reuses them.
+
+    .venv/bin/python scripts/bench_tradeoff.py [--steps 8] [--rounds 2] [--report-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from benchlib import ROOT, Missing, Runner, run_name, step_seconds, write_doc
+
+START, END = "<!-- bench_tradeoff:start -->", "<!-- bench_tradeoff:end -->"
+# name: (preset or "control", learning rate, extra recipe keys, per-step configuration)
+SETTINGS = {
+    "lora (r=8, all blocks)": ("lora", 1e-3, {}, "lora"),
+    "cola (r=8, all blocks, T=3)": ("cola", 3e-3, {}, "cola"),
+    "xgblora preset (r=1, k=4, kappa=10)": ("xgblora", 1e-2, {}, "xgblora k=4"),
+    "xgblora, kappa=20": ("xgblora", 1e-2, {"steps_per_booster": 20}, "xgblora k=4"),
+    "xgblora, k=8": ("xgblora", 1e-2, {"layers_per_booster": 8}, "xgblora k=8"),
+    "xgblora, carried AdamW moments": ("xgblora", 1e-2, {"train.carry_moments": True}, "xgblora k=4"),
+    "control: one rank-1 adapter on 4 blocks, no merges": ("control", 1e-2, {}, "xgblora k=4"),
+}
+CONFIGS = {"lora": {"method": "lora"}, "cola": {"method": "cola"},
+           "xgblora k=4": {"method": "xgblora"}, "xgblora k=8": {"method": "xgblora", "layers_per_booster": 8}}
+TASKS = ["sst2", "rte"]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args()
+
+
+def scores(work: Path, task: str, method: str, lr: float, extra: dict, kind: str) -> list[float]:
+    """Accuracies (%) in ``{kind}_acc.json`` of the setting's finished runs, over seeds 0-4."""
+    found = []
+    for seed in range(5):
+        result = work / task / run_name(method, lr, seed, extra or None) / f"{kind}_acc.json"
+        if result.is_file():
+            found.append(100 * next(iter(json.loads(result.read_text())["tasks"].values()))["accuracy"])
+    return found
+
+
+def planned_peak(work: Path, method: str, extra: dict) -> int:
+    """Per-GPU peak bytes ``xgblora plan`` gives the setting on LLaMA3-8B: the mmlu_llama3 recipe's batch and
+    length, its method keys (rank, k, kappa) left to the setting's preset."""
+    recipe = yaml.safe_load((ROOT / "recipes" / "mmlu_llama3.yaml").read_text())
+    for key in ("method", "rank", "layers_per_booster", "steps_per_booster", "eval"):
+        recipe.pop(key, None)
+    recipe.update(model=str(ROOT / "recipes" / "shapes" / "llama3-8b"), method="xgblora" if method == "control" else method)
+    if method == "control":
+        recipe["steps_per_booster"] = recipe["train"]["max_steps"]  # one booster
+    recipe_file = work / "tradeoff" / f"plan_{method}{run_name('', 0, 0, extra or None)}.yaml"
+    recipe_file.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    overrides = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in extra.items()]
+    out = subprocess.run([sys.executable, "-m", "xgblora_cli", "plan", str(recipe_file), *overrides, "--gpu-memory", "24GiB",
+                          "--json"], check=True, capture_output=True, text=True, cwd=ROOT).stdout
+    return json.loads(out)["peak_bytes"]
+
+
+def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float]]:
+    """Median step seconds per configuration and round (interleaved rounds), cached in step_times.json."""
+    cache = args.work / "tradeoff" / "step_times.json"
+    times: dict[str, list[float]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    if all(len(times.get(name, [])) >= args.rounds for name in CONFIGS):
+        return times
+    data = args.work / "sst2" / "train.jsonl"
+    for round_ in range(args.rounds):
+        for name, keys in CONFIGS.items():
+            if len(times.get(name, [])) > round_:
+                continue
+            out = args.work / "tradeoff" / f"{name.replace(' ', '_').replace('=', '')}_r{round_}"
+            recipe = {"model": "smollm2-135m", "dataset": str(data), "output_dir": str(out), "seed": round_, **keys,
+                      "steps_per_booster": 2,
+                      "train": {"max_steps": args.steps, "batch_size": 8, "learning_rate": 1e-3, "max_seq_len": 128,
+                                "warmup_steps": 1, "checkpoint_every": args.steps}}
+            if keys["method"] != "xgblora":
+                del recipe["steps_per_booster"]
+            recipe_file = out.with_suffix(".yaml")
+            recipe_file.parent.mkdir(parents=True, exist_ok=True)
+            recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+            runner.cli("train", str(recipe_file), "--no-progress", "--overwrite")
+            times.setdefault(name, []).append(step_seconds_after(out, 2))
+            cache.write_text(json.dumps(times, indent=1))
+    return times
+
+
+def step_seconds_after(run_dir: Path, skip: int) -> float:
+    """The median seconds of the run's optimizer steps after the first ``skip`` (warm-up of the allocator)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["tokens"] / r["tokens_per_s"] for r in rows if "loss" in r and r.get("tokens_per_s")]
+    return statistics.median(steps[skip:]) if len(steps) > skip else step_seconds(run_dir)
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    return f"{mean:.1f} (n={len(values)})" if len(values) < 2 else f"{mean:.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
+
+
+def table(args: argparse.Namespace, times: dict[str, list[float]]) -> tuple[str, list[tuple[str, float, float, float | None]]]:
+    """The markdown table and (name, SST-2 validation mean, peak GiB, step-time ratio) points for the plot."""
+    lora_s = statistics.median(times["lora"]) if times.get("lora") else None
+    lines = ["| setting | SST-2 val. | SST-2 test | RTE val. | RTE test | LLaMA3-8B peak / 24 GiB GPU (planned) "
+             "| step time vs lora (measured, SmolLM2) |", "|---|---|---|---|---|---|---|"]
+    points = []
+    for name, (method, lr, extra, config) in SETTINGS.items():
+        acc = {(t, k): scores(args.work, t, method, lr, extra, k) for t in TASKS for k in ("val", "test")}
+        peak = planned_peak(args.work, method, extra) / 2**30
+        ratio = statistics.median(times[config]) / lora_s if lora_s and times.get(config) else None
+        lines.append(f"| {name}, lr {lr:g} | " + " | ".join(cell(acc[t, k]) for t in TASKS for k in ("val", "test"))
+                     + f" | {peak:.2f} GiB | {'-' if ratio is None else f'{ratio:.2f}x'} |")
+        if acc["sst2", "val"]:
+            points.append((name, statistics.mean(acc["sst2", "val"]), peak, ratio))
+    return "\n".join(lines), points
+
+
+def plot(points: list[tuple[str, float, float, float | None]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for name, acc, peak, ratio in points:
+        for axis, x in zip(axes, (peak, ratio)):
+            if x is None:
+                continue
+            axis.scatter(x, acc)
+            axis.annotate(name.split(" (")[0].split(":")[0], (x, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axes[0].set(xlabel="planned peak GiB per GPU, LLaMA3-8B, micro-batch 2 x 512", ylabel="SST-2 validation accuracy (%)")
+    axes[1].set(xlabel="step time / lora's (measured here, SmolLM2-135M)", ylabel="SST-2 validation accuracy (%)")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    args = parse_args()
+    runner = Runner(args.report_only)
+    try:
+        times = step_times(args, runner)
+    except Missing:
+        times = {}
+    body, points = table(args, times)
+    png = args.doc.parent / "bench_tradeoff.png"
+    plot(points, png)
+    rounds = ", ".join(f"{name}: {' / '.join(f'{s:.2f}' for s in values)} s" for name, values in times.items())
+    text = (f"Command: `python scripts/bench_tradeoff.py{' --report-only' if args.report_only else ''}`. Accuracy in % "
+            f"(mean ± sd over the seeds that have it, label scoring); step seconds by round: {rounds or 'not measured'}."
+            f"\n\n{body}\n\n![accuracy against memory and step time]({png.name})")
+    write_doc(args.doc, text, START, END)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
