@@ -37,6 +37,7 @@ from benchlib import (
     TaskBudget,
     accuracy,
     cut_glue,
+    save_figure,
     spread,
     train_run,
     write_doc,
@@ -197,9 +198,7 @@ def plot_curves(results: dict[str, dict], out: Path) -> None:
                 row_axes[column].plot(xs, ys, marker="o", label=method)
                 row_axes[column].set(xlabel=label, ylabel=f"{task} test accuracy (%)")
         row_axes[0].legend()
-    figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
+    save_figure(figure, out)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from benchlib import ROOT, Missing, Runner, run_name, step_seconds, write_doc
+from benchlib import ROOT, Missing, Runner, run_name, save_figure, step_seconds, write_doc
 
 START, END = "<!-- bench_tradeoff:start -->", "<!-- bench_tradeoff:end -->"
 # name: (preset or "control", learning rate, extra recipe keys, per-step configuration)
@@ -156,9 +156,7 @@ def plot(points: list[tuple[str, float, float, float | None]], out: Path) -> Non
             axis.annotate(name.split(" (")[0].split(":")[0], (x, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axes[0].set(xlabel="planned peak GiB per GPU, LLaMA3-8B, micro-batch 2 x 512", ylabel="SST-2 validation accuracy (%)")
     axes[1].set(xlabel="step time / lora's (measured here, SmolLM2-135M)", ylabel="SST-2 validation accuracy (%)")
-    figure.tight_layout()
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
+    save_figure(figure, out)
 
 
 def main() -> None:

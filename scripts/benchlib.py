@@ -156,3 +156,12 @@ def write_doc(doc: Path, body: str, start: str, end: str) -> None:
     after = rest.split(end, 1)[1]
     doc.parent.mkdir(parents=True, exist_ok=True)
     doc.write_text(f"{before}{start}\n{body}\n{end}{after}")
+
+
+def save_figure(figure, out: Path) -> None:
+    """Lay out, write (PNG, 110 dpi) and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
