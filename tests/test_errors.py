@@ -139,6 +139,8 @@ CASES: dict[str, Callable[[Case], list[str]]] = {
     "export-existing-out": lambda c: ((c.tmp / "a").mkdir(), (c.tmp / "a" / "x").write_text("x"),
                                       ["export", str(c.copied_run()[0]), "--format", "peft", "--out", str(c.tmp / "a")])[-1],
     "export-gguf-dtype": lambda c: ["export", str(c.copied_run()[0]), "--format", "gguf", "--dtype", "q4_k", "--out", str(c.tmp / "m.gguf")],
+    "sweep-bad-val": lambda c: ["sweep", *c.recipe()[1:], "--val", "600", "--out", str(c.tmp / "sweep")],
+    "sweep-bad-lrs": lambda c: ["sweep", *c.recipe()[1:], "--lrs", "1e-2,fast", "--out", str(c.tmp / "sweep")],
     "eval-missing-data": lambda c: ["eval", str(c.tiny), "--task", "arc_easy", "--data", "nope"],
 }
 

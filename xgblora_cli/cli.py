@@ -1,4 +1,4 @@
-"""The ``xgblora`` command line: train, merge, eval, report. A user error is one line on stderr and exit code 2."""
+"""The ``xgblora`` command line: train, plan, merge, export, eval, sweep, report. A user error is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -214,6 +214,43 @@ def report(
 
     path = plot_run(run_dirs[0], out) if len(run_dirs) == 1 else plot_compare(run_dirs, out or Path("compare.png"))
     console.print(f"wrote {path}")
+
+
+def parse_rates(text: str) -> list[float]:
+    """``3e-3,1e-2`` -> [0.003, 0.01]; a one-line error naming ``--lrs`` otherwise."""
+    try:
+        return [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--lrs: a comma-separated list of learning rates such as 3e-3,1e-2,3e-2, got {text!r}") from None
+
+
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="YAML recipe"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="overrides, as for train"),
+    lrs: str = typer.Option("3e-3,1e-2,3e-2", "--lrs", help="learning rates to try, comma-separated"),
+    val: int = typer.Option(200, "--val", help="training records held out for validation (never trained on)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="sweep folder (default: the recipe's output_dir + _sweep)"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bars"),
+) -> None:
+    """Train RECIPE at a few learning rates on its data less a held-out cut, score each on the cut, report the best.
+
+    Scored by accuracy when the held-out records are labelled choice/classification records (LLM-Adapters or
+    {prompt, choices, answer}), else by their perplexity. Resumable: finished rates are reused.
+    """
+    from xgblora_cli.sweep import best, sweep
+
+    folder = out or Path(f"{load_recipe(recipe_path, overrides or []).output_dir}_sweep")
+    points = sweep(recipe_path, overrides or [], parse_rates(lrs), val, folder, progress)
+    chosen = best(points)
+    table = Table("learning rate", f"validation {chosen.metric}", "run")
+    for point in points:
+        shown = f"{100 * point.value:.2f}%" if point.metric == "accuracy" else f"{point.value:.3f}"
+        table.add_row(f"{point.learning_rate:g}" + (" (best)" if point is chosen else ""), shown, point.run_dir)
+    Console().print(table)
+    print(f"best: train.learning_rate={chosen.learning_rate:g} ({folder / 'sweep.json'}); "
+          f"train on all the data with: xgblora train {recipe_path} train.learning_rate={chosen.learning_rate:g}")
 
 
 def main() -> None:
