@@ -158,9 +158,23 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
     return rows
 
 
+# the per-step configuration scripts/bench_tradeoff.py times for each method (the control steps like xgblora)
+TIMED_AS = {"xgblora": "xgblora k=4", "control": "xgblora k=4", "cola": "cola", "lora": "lora"}
+
+
+def step_cost(work: Path) -> dict[str, float]:
+    """Each method's step time over lora's, measured in one invocation by scripts/bench_tradeoff.py (interleaved
+    rounds, so unlike the runs' own medians not a measure of the load they met); empty before it has run."""
+    times_file = work / "tradeoff" / "step_times.json"
+    if not times_file.is_file():
+        return {}
+    times = {name: statistics.median(values) for name, values in json.loads(times_file.read_text()).items()}
+    return {method: times[config] / times["lora"] for method, config in TIMED_AS.items() if config in times and "lora" in times}
+
+
 def task_table(name: str, base: tuple[float, float], rows: dict[str, dict]) -> str:
     lines = [f"**{name}** (test = GLUE dev; validation = held-out training records)", "",
-             "| model | learning rate (validation accuracy by rate) | validation acc. | test accuracy | s per step (median) | trainable params |",
+             "| model | learning rate (validation accuracy by rate) | validation acc. | test accuracy | s per step (the run's median, load-dependent) | trainable params |",
              "|---|---|---|---|---|---|",
              f"| base (untouched) | - | {base[0]:.1f} | {base[1]:.1f} | - | 0 |"]
     for method, row in rows.items():
@@ -174,18 +188,19 @@ def task_table(name: str, base: tuple[float, float], rows: dict[str, dict]) -> s
     return "\n".join(lines)
 
 
-def curve_table(rows: dict[str, dict]) -> str:
+def curve_table(rows: dict[str, dict], cost: dict[str, float]) -> str:
     steps = [p[0] for p in next(iter(rows.values()))["curves"][0]] if rows else []
-    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + " | s per step |", "|---|" + "---|" * (len(steps) + 1)]
+    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + " | step time vs lora (same run) |",
+             "|---|" + "---|" * (len(steps) + 1)]
     for method, row in rows.items():
         cells = [spread([c[i][2] for c in row["curves"]]) for i in range(len(steps))]
-        per_step = statistics.mean(r["step_s"] for r in row["runs"])
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {per_step:.2f} |")
+        lines.append(f"| {method} | " + " | ".join(cells) + (f" | {cost[method]:.2f}x |" if method in cost else " | - |"))
     return "\n".join(lines)
 
 
-def plot_curves(results: dict[str, dict], out: Path) -> None:
-    """Test accuracy against steps and against training seconds, one panel pair per task."""
+def plot_curves(results: dict[str, dict], cost: dict[str, float], out: Path) -> None:
+    """Test accuracy against steps and against training time in lora steps (steps x the method's same-run step
+    time over lora's), one panel pair per task."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,8 +209,10 @@ def plot_curves(results: dict[str, dict], out: Path) -> None:
     figure, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
     for row_axes, (task, rows) in zip(axes, results.items()):
         for method, row in rows.items():
-            for column, x_index, label in ((0, 0, "optimizer step"), (1, 1, "training seconds (median step x steps, this machine)")):
-                xs = [statistics.mean(c[i][x_index] for c in row["curves"]) for i in range(len(row["curves"][0]))]
+            for column, scale, label in ((0, 1.0, "optimizer step"), (1, cost.get(method), "training time in lora steps (same-run step-time ratio)")):
+                if scale is None:
+                    continue
+                xs = [scale * c[0] for c in row["curves"][0]]
                 ys = [statistics.mean(c[i][2] for c in row["curves"]) for i in range(len(row["curves"][0]))]
                 row_axes[column].plot(xs, ys, marker="o", label=method)
                 row_axes[column].set(xlabel=label, ylabel=f"{task} test accuracy (%)")
@@ -208,6 +225,7 @@ def main() -> None:
     runner = Runner(args.report_only)
     started = time.perf_counter()
     sections, results, unfinished, loss_runs = [], {}, [], []
+    cost = step_cost(args.work)
     for task in args.tasks:
         bench = TaskBench(args, runner, BUDGETS[task])
         base_dir = args.work / task / "base"
@@ -223,10 +241,10 @@ def main() -> None:
         sections.append(f"{task_table(task.upper(), base, rows)}\n\nTest accuracy against steps ({CURVE_LIMITS[task]} seeded test "
                         f"questions per point, mean ± sd over seeds; budget {budget.steps} steps x batch {budget.batch}, "
                         f"at most {budget.seq} tokens, {2 * budget.train} training / {2 * budget.val} validation records):"
-                        f"\n\n{curve_table(rows)}")
+                        f"\n\n{curve_table(rows, cost) if rows else '(no finished run yet)'}")
     plot = args.doc.parent / "bench_quality_curves.png"
     if results and any(results.values()):
-        plot_curves({task: rows for task, rows in results.items() if rows}, plot)
+        plot_curves({task: rows for task, rows in results.items() if rows}, cost, plot)
     if loss_runs and not args.report_only:
         runner.cli("report", *loss_runs, "--out", str(args.doc.parent / "bench_quality_loss.png"))
     command = "python scripts/bench_quality.py " + shlex.join(sys.argv[1:])
