@@ -39,6 +39,7 @@ from benchlib import (
     cut_glue,
     save_figure,
     spread,
+    step_times_file,
     train_run,
     write_doc,
     write_records,
@@ -165,7 +166,7 @@ TIMED_AS = {"xgblora": "xgblora k=4", "control": "xgblora k=4", "cola": "cola", 
 def step_cost(work: Path) -> dict[str, float]:
     """Each method's step time over lora's, measured in one invocation by scripts/bench_tradeoff.py (interleaved
     rounds, so unlike the runs' own medians not a measure of the load they met); empty before it has run."""
-    times_file = work / "tradeoff" / "step_times.json"
+    times_file = step_times_file(work)
     if not times_file.is_file():
         return {}
     times = {name: statistics.median(values) for name, values in json.loads(times_file.read_text()).items()}

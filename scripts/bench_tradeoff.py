@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from benchlib import ROOT, Missing, Runner, run_name, save_figure, step_seconds, write_doc
+from benchlib import ROOT, Missing, Runner, run_name, save_figure, step_seconds, step_times_file, write_doc
 
 START, END = "<!-- bench_tradeoff:start -->", "<!-- bench_tradeoff:end -->"
 # name: (preset or "control", learning rate, extra recipe keys, per-step configuration)
@@ -85,7 +85,7 @@ def planned_peak(work: Path, method: str, extra: dict) -> int:
 
 def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float]]:
     """Median step seconds per configuration and round (interleaved rounds), cached in step_times.json."""
-    cache = args.work / "tradeoff" / "step_times.json"
+    cache = step_times_file(args.work)
     times: dict[str, list[float]] = json.loads(cache.read_text()) if cache.is_file() else {}
     if all(len(times.get(name, [])) >= args.rounds for name in CONFIGS):
         return times
@@ -105,16 +105,9 @@ def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float
             recipe_file.parent.mkdir(parents=True, exist_ok=True)
             recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
             runner.cli("train", str(recipe_file), "--no-progress", "--overwrite")
-            times.setdefault(name, []).append(step_seconds_after(out, 2))
+            times.setdefault(name, []).append(step_seconds(out, skip=2))
             cache.write_text(json.dumps(times, indent=1))
     return times
-
-
-def step_seconds_after(run_dir: Path, skip: int) -> float:
-    """The median seconds of the run's optimizer steps after the first ``skip`` (warm-up of the allocator)."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = [r["tokens"] / r["tokens_per_s"] for r in rows if "loss" in r and r.get("tokens_per_s")]
-    return statistics.median(steps[skip:]) if len(steps) > skip else step_seconds(run_dir)
 
 
 def cell(values: list[float]) -> str:

@@ -126,11 +126,17 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
     return {"dir": out, "step_s": step_seconds(out), "plan": info["plan"], "trainable_per_booster": info["trainable_per_booster"]}
 
 
-def step_seconds(run_dir: Path) -> float:
-    """The median seconds of one optimizer step, from the run's own metrics (each step's tokens over its
-    tokens/s): robust to a pause or a burst of load that a run's total wall time would absorb."""
+def step_seconds(run_dir: Path, skip: int = 0) -> float:
+    """The median seconds of one optimizer step after the first ``skip`` (warm-up), from the run's own metrics (each step's
+    tokens over its tokens/s): robust to a pause or a burst of load that a run's total wall time would absorb."""
     rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
-    return statistics.median(r["tokens"] / r["tokens_per_s"] for r in rows if "loss" in r and r.get("tokens_per_s"))
+    steps = [r["tokens"] / r["tokens_per_s"] for r in rows if "loss" in r and r.get("tokens_per_s")]
+    return statistics.median(steps[skip:] or steps)  # a run no longer than ``skip``: all its steps
+
+
+def step_times_file(work: Path) -> Path:
+    """Where scripts/bench_tradeoff.py keeps its same-run step times (per configuration, per round)."""
+    return work / "tradeoff" / "step_times.json"
 
 
 def accuracy(runner: Runner, target: str, task: str, data: Path, result: Path, *flags: str) -> float:

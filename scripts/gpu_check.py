@@ -67,8 +67,9 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def first_booster_with_block0(seed: int, layers: int, k: int) -> int:
-    return next(t for t in range(100_000) if booster_blocks(seed, t, layers, k)[0] == 0)
+def first_booster_with_block0(seed: int, layers: int, k: int, schedule: str = "random") -> int:
+    """The first booster index whose blocks include block 0 (the deepest backward)."""
+    return next(t for t in range(100_000) if 0 in booster_blocks(seed, t, layers, k, schedule))
 
 
 def measure(model, recipe, device: torch.device, steps: int) -> dict:

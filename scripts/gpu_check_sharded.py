@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -31,6 +30,9 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+
+from bench_sharding import free_port
+from gpu_check import first_booster_with_block0, synchronize
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,19 +51,13 @@ def write_random_base(shapes: Path, layers: int | None, folder: Path) -> Path:
     return folder
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def worker(rank: int, world: int, port: int, args: dict) -> None:
     """One rank: load its shard, train and merge ``args['steps']`` boosters, write its measurements as JSON."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from xgblora_cli.boosting import BoostingEngine, find_targets, plan_for, trainable_per_booster
     from xgblora_cli.data import Batch
     from xgblora_cli.loss import causal_lm_loss
-    from xgblora_cli.merge import BaseWeights, FactorStack, write_merged
+    from xgblora_cli.merge import BaseWeights, FactorStack, local_rows, write_merged
     from xgblora_cli.models import find_blocks
     from xgblora_cli.plan import estimate, model_shape
     from xgblora_cli.recipe_file import load_recipe
@@ -81,7 +77,7 @@ def worker(rank: int, world: int, port: int, args: dict) -> None:
     per_rank = recipe.train.batch_size // world
     ids = torch.randint(0, model.config.vocab_size, (per_rank, args["seq"]), generator=torch.Generator().manual_seed(rank))
     batch = Batch(ids, torch.ones_like(ids), ids.clone()).to(device)
-    first = next(t for t in range(100_000) if 0 in engine_blocks(recipe.seed, t, plan))
+    first = first_booster_with_block0(recipe.seed, plan.num_layers, plan.layers_per_booster, plan.block_schedule)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -89,7 +85,7 @@ def worker(rank: int, world: int, port: int, args: dict) -> None:
     for i in range(args["steps"] + 1):  # the first step warms up and is not timed
         booster = engine.start(first + i)
         optimizer = make_optimizer(booster, recipe.train, recipe.learning_rate)
-        sync(device)
+        synchronize(device)
         started = time.perf_counter()
         with root_gathered(model):
             loss, _ = causal_lm_loss(model, batch)
@@ -97,17 +93,17 @@ def worker(rank: int, world: int, port: int, args: dict) -> None:
         ranks.sum_grads_(booster.parameters())
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        sync(device)
+        synchronize(device)
         middle = time.perf_counter()
         write_merged(model, base, stack, stack.add(engine.finish(booster)))
-        sync(device)
+        synchronize(device)
         if i:
             steps.append(middle - started)
             merges.append(time.perf_counter() - middle)
         del optimizer, booster, loss
     planned = estimate(recipe, plan, model_shape(model, find_blocks(model)), trainable_per_booster(find_targets(model, recipe.target_modules), plan),
                        str(device), world)
-    held = sum(local_tensor(q).numel() * q.element_size() for q in model.parameters())
+    held = sum(local_rows(q)[0].numel() * q.element_size() for q in model.parameters())
     total = sum(q.numel() * q.element_size() for q in model.parameters())
     result = {"rank": rank, "held_weight_bytes": held, "total_weight_bytes": total, "median_step_s": statistics.median(steps), "median_merge_s": statistics.median(merges),
               "peak_allocated_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
@@ -116,22 +112,6 @@ def worker(rank: int, world: int, port: int, args: dict) -> None:
               "planned_components": planned["components"]}
     Path(args["results"], f"rank{rank}.json").write_text(json.dumps(result))
     shutdown(ranks)
-
-
-def local_tensor(param: torch.Tensor) -> torch.Tensor:
-    """This rank's part of a (possibly sharded) parameter."""
-    return param.to_local() if hasattr(param, "to_local") else param
-
-
-def engine_blocks(seed: int, index: int, plan) -> list[int]:
-    from xgblora_cli.boosting import booster_blocks
-
-    return booster_blocks(seed, index, plan.num_layers, plan.layers_per_booster, plan.block_schedule)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def main() -> None:

@@ -29,6 +29,16 @@ from xgblora_cli.runtime import Ranks
 
 def load_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks, trust_remote_code: bool = False) -> nn.Module:
     """The causal LM in ``model_dir``, frozen, its parameters sharded over ``ranks`` (each rank reads its rows only)."""
+    model = build_sharded(model_dir, dtype, device, ranks, trust_remote_code)
+    read_rows_into(model, model_dir)
+    freeze_and_init_root(model, device)
+    model.reshard()  # the root stays gathered after its forward until told otherwise
+    return model
+
+
+def build_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks, trust_remote_code: bool = False) -> nn.Module:
+    """The architecture of ``model_dir`` built on the meta device, every block and the root sharded (FSDP2), its
+    shards allocated (uninitialised) on ``device`` and its computed buffers (rotary frequencies) restored."""
     from accelerate import init_empty_weights
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -48,19 +58,30 @@ def load_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     model.to_empty(device=device)
-    base = BaseWeights(model_dir)
     with torch.no_grad():
         for name, buffer in buffers.items():
             model.get_buffer(name).copy_(buffer)
+    return model
+
+
+def read_rows_into(model: nn.Module, model_dir: Path) -> None:
+    """Fill each sharded parameter of ``model`` with this rank's rows of the base tensor, read from the
+    memory-mapped files of ``model_dir`` (never the whole tensor)."""
+    base = BaseWeights(model_dir)
+    with torch.no_grad():
         for name, param in model.named_parameters():
             local, start = local_rows(param)
             local.copy_(base.rows(name, start, start + local.shape[0]).to(local.dtype))
+
+
+def freeze_and_init_root(model: nn.Module, device: torch.device) -> None:
+    """Freeze ``model`` and run one token through the root: FSDP then knows which unit is the root (the loss calls
+    the decoder directly, never the root). The root's weights are left gathered whole (``model.reshard()`` frees
+    them)."""
     model.requires_grad_(False)
     model.config.use_cache = False
-    with torch.no_grad():  # one call through the root: FSDP then knows which unit is the root (the loss calls the
-        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))  # decoder directly, never the root)
-    model.reshard()
-    return model
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device))
 
 
 @contextlib.contextmanager
