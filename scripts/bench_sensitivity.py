@@ -7,6 +7,7 @@ validation accuracy (held-out training records, label scoring), never test. Runs
 what is finished is visible and an interrupted benchmark continues where it stopped.
 
     .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400]
+        [--grid 3e-3 1e-2 3e-2] [--variants kappa20 k8 ...] [--doc FILE]
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ START, END = "<!-- bench_sensitivity:start -->", "<!-- bench_sensitivity:end -->
 # (what the table calls it, recipe keys), one change at a time around the xgblora preset; the ones that might close
 # the gap to lora at short budgets (restarts of the optimizer, fewer boosters, more blocks) first, since the runs go
 # seed-major and an interrupted benchmark has then measured those
-VARIANTS = [
-    ("AdamW second moments carried across boosters (variant)", {"train.carry_moments": True}),
-    ("kappa = 20", {"steps_per_booster": 20}), ("k = 8", {"layers_per_booster": 8}),
-    ("re-warmup 2 steps a booster (variant)", {"train.rewarmup_steps": 2}),
-    ("block schedule: cycle (variant)", {"block_schedule": "cycle"}),
-    ("kappa = 5", {"steps_per_booster": 5}), ("k = 2", {"layers_per_booster": 2}), ("rank 2", {"rank": 2}),
-    ("alpha = 1 (scale 1)", {"alpha": 1}), ("alpha = 8 (scale 8)", {"alpha": 8}),
-]
+VARIANTS = {
+    "carry_moments": ("AdamW second moments carried across boosters (variant)", {"train.carry_moments": True}),
+    "kappa20": ("kappa = 20", {"steps_per_booster": 20}), "k8": ("k = 8", {"layers_per_booster": 8}),
+    "rewarmup": ("re-warmup 2 steps a booster (variant)", {"train.rewarmup_steps": 2}),
+    "cycle": ("block schedule: cycle (variant)", {"block_schedule": "cycle"}),
+    "kappa5": ("kappa = 5", {"steps_per_booster": 5}), "k2": ("k = 2", {"layers_per_booster": 2}),
+    "rank2": ("rank 2", {"rank": 2}),
+    "alpha1": ("alpha = 1 (scale 1)", {"alpha": 1}), "alpha8": ("alpha = 8 (scale 8)", {"alpha": 8}),
+}
 Row = tuple[str, float, dict | None]
 
 
@@ -49,7 +51,9 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(BUDGETS))
     p.add_argument("--lr", type=float, default=1e-2, help="the xgblora rate the variants are taken around")
-    p.add_argument("--grid", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    p.add_argument("--grid", type=float, nargs="*", default=[3e-3, 1e-2, 3e-2], help="rates of the preset (none: no rows)")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
+                   help="which variants, in this order (none: no rows); two runs in parallel can split them")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--long-steps", type=int, default=400, help="one run this long, scored at 8 snapshots (0: none)")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
@@ -80,7 +84,7 @@ def cells(accs: list[float | None], reference: float | None = None) -> str:
 def settings(args: argparse.Namespace) -> list[Row]:
     """The table's rows: (label, rate, extra recipe keys), the rate grid first, then the variants at ``--lr``."""
     return [(f"xgblora lr {lr:g}", lr, None) for lr in args.grid] + [(f"{label}, lr {args.lr:g}", args.lr, extra)
-                                                                    for label, extra in VARIANTS]
+                                                                    for label, extra in map(VARIANTS.get, args.variants)]
 
 
 def table_lines(args: argparse.Namespace, results: dict[tuple[str, str], dict[int, float | None]]) -> list[str]:

@@ -9,12 +9,13 @@ import pytest
 
 from tests.conftest import ROOT, run_cli, tiny_recipe
 from xgblora_cli.errors import UserError
-from xgblora_cli.evaluate import EvalSettings, evaluate, subset
+from xgblora_cli.evaluate import EvalSettings, answer_shares, evaluate, shares_text, subset
 from xgblora_cli.export import merge_run
 from xgblora_cli.recipe_file import recipe_from_dict
 from xgblora_cli.record import boosters_at
 from xgblora_cli.rundir import RunDir
 from xgblora_cli.runner import start_run
+from xgblora_cli.tasks import Question
 
 ARC_TEST = ROOT / "data" / "arc_easy_test_200.jsonl"
 SST2_DEV = ROOT / "data" / "sst2_dev.tsv"
@@ -126,3 +127,27 @@ def test_snapshots_replay_a_run_as_it_was_after_step_n(tmp_path: Path, tiny_mode
     assert (run_dir / "eval" / "results_step4.json").is_file()
     with pytest.raises(UserError, match="has no snapshot of step 5; it has steps 4, 8"):
         evaluate(str(run_dir), EvalSettings(**settings, step=5))
+
+
+def _question(answer: int) -> Question:
+    return Question(context="", options=[" negative", " positive"], prompt="", candidates=["negative", "positive"],
+                    labels=["negative", "positive"], answer=answer)
+
+
+def test_answer_shares_show_a_model_that_only_learned_the_majority_answer() -> None:
+    questions = [_question(1), _question(1), _question(1), _question(0)]
+    always_positive = answer_shares([1, 1, 1, 1], questions)  # 75% accuracy, one answer only
+    assert always_positive == {"predicted": {"positive": 1.0}, "gold": {"negative": 0.25, "positive": 0.75}}
+    assert answer_shares([0, -1, 1, 0], questions)["predicted"] == {"(none)": 0.25, "negative": 0.5, "positive": 0.25}
+    assert shares_text(always_positive["gold"]) == "negative 25%, positive 75%"
+    many = [Question("", ["a"] * 2, "", ["a"] * 2, [f"x{i}", f"y{i}"], 0) for i in range(6)]
+    assert answer_shares([0] * 6, many) == {}  # free-text answers: shares would say nothing
+
+
+def test_eval_results_carry_the_answer_distribution(tiny_model_dir: Path) -> None:
+    sst2 = evaluate(str(tiny_model_dir), EvalSettings(tasks=["sst2"], data=str(SST2_DEV), limit=8))["tasks"]["sst2"]
+    assert set(sst2["gold"]) <= {"negative", "positive"} and sum(sst2["gold"].values()) == pytest.approx(1.0)
+    assert sum(sst2["predicted"].values()) == pytest.approx(1.0)
+    # a class is answered right at most as often as it was both picked and true
+    bound = sum(min(share, sst2["gold"].get(name, 0.0)) for name, share in sst2["predicted"].items())
+    assert sst2["accuracy"] <= bound + 1e-9

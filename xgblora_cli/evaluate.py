@@ -41,7 +41,7 @@ from xgblora_cli.rundir import RunDir
 from xgblora_cli.runtime import pick_device
 from xgblora_cli.scoring import model_device, score_generate, score_loglik
 from xgblora_cli.sources import resolve_model_dir
-from xgblora_cli.tasks import Loaded, choice, commonsense, glue, mmlu
+from xgblora_cli.tasks import Loaded, Question, choice, commonsense, glue, mmlu
 
 TASKS = ["mmlu", *commonsense.FOLDERS, *glue.GLUE, "choice", "perplexity"]
 SCORING_TEXT = {
@@ -177,6 +177,20 @@ def load_task(task: str, settings: EvalSettings) -> Loaded | list[dict]:
     return loaded
 
 
+def answer_shares(picks: list[int], questions: list[Question], most: int = 10) -> dict[str, dict[str, float]]:
+    """How often each answer was picked and how often it is right, by the answers' short names (``positive``,
+    ``B``, ``answer2``; ``(none)`` for an unparsed generation): ``{"predicted": {name: share}, "gold": {...}}``.
+    A model that learned only the majority answer shows as one name near 1.0. Empty when the questions have more
+    than ``most`` distinct names (free-text answers), where shares say nothing."""
+    names = {name for q in questions for name in q.labels}
+    if not questions or len(names) > most:
+        return {}
+    def shares(chosen: list[str]) -> dict[str, float]:
+        return {name: chosen.count(name) / len(chosen) for name in sorted(set(chosen))}
+    predicted = [q.labels[pick] if pick >= 0 else "(none)" for pick, q in zip(picks, questions)]
+    return {"predicted": shares(predicted), "gold": shares([q.labels[q.answer] for q in questions])}
+
+
 def run_choice_task(model, tokenizer, task: str, loaded: Loaded, settings: EvalSettings, fmt: PromptFormat, console: Console) -> dict:
     questions = loaded.questions
     if loaded.skipped:
@@ -195,6 +209,7 @@ def run_choice_task(model, tokenizer, task: str, loaded: Loaded, settings: EvalS
     result = {"accuracy": sum(correct) / len(correct), "n": len(correct), "correct": sum(correct),
               "skipped": loaded.skipped, "skip_reasons": loaded.skip_reasons,
               "unparsed": sum(pick < 0 for pick in picks), "chance": sum(1 / len(q.candidates) for q in questions) / len(questions)}
+    result.update(answer_shares(picks, questions))
     if task == "mmlu":
         by_category: dict[str, list[bool]] = {}
         for ok, q in zip(correct, questions):
@@ -251,6 +266,14 @@ def results_table(results: dict) -> Table:
             table.add_row(task, f"ppl {r['perplexity']:.3f}", str(r["n"]), "0", "")
             continue
         table.add_row(task, f"{100 * r['accuracy']:.2f}", str(r["n"]), str(r["skipped"]), f"{100 * r['chance']:.1f}")
+        if r.get("predicted"):
+            table.add_row("  answers given", shares_text(r["predicted"]), "", "", "")
+            table.add_row("  answers right", shares_text(r["gold"]), "", "", "")
         for name, acc in r.get("categories", {}).items():
             table.add_row(f"  {name}", f"{100 * acc:.2f}", "", "", "")
     return table
+
+
+def shares_text(shares: dict[str, float]) -> str:
+    """``{"negative": 0.25, "positive": 0.75}`` as ``negative 25%, positive 75%``."""
+    return ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares.items())
