@@ -8,7 +8,8 @@ freed memory goes back to the system (as scripts/plan_check.py does).
 
     .venv/bin/python scripts/bench_sharding.py [--steps 2] [--batch 4]
 
-Ends with ``fsdp_weight_ratio=<x> fsdp_peak_ratio=<y>`` (sharded over replicated, rank 0).
+Three modes: replicated, sharded, and sharded with the blocks' linear layers in 4-bit NF4 (``quantization: 4bit``).
+Ends with ``fsdp_weight_ratio=<x> fsdp_peak_ratio=<y> fsdp_4bit_weight_ratio=<z>`` (over replicated, rank 0).
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def held_bytes(tensor) -> int:
+    """Bytes a (local) parameter occupies: an NF4 weight's packed codes and scales, else numel x element size."""
+    if type(tensor).__name__ == "NF4Tensor":
+        inner = ("quantized_data", "quantized_scalers", "quantization_factor", "scaler_mean", "nf4")
+        return sum(getattr(tensor, name).numel() * getattr(tensor, name).element_size() for name in inner)
+    return tensor.numel() * tensor.element_size()
+
+
 def worker(rank: int, world: int, port: int, recipe: dict, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from xgblora_cli.recipe_file import recipe_from_dict
@@ -67,7 +76,7 @@ def worker(rank: int, world: int, port: int, recipe: dict, out: str) -> None:
     ranks = init_from_env("cpu")
     parsed = recipe_from_dict(recipe, "bench")
     setup = prepare(parsed, "bench", ranks)
-    held = sum((p.to_local() if type(p).__name__ == "DTensor" else p).numel() * p.element_size() for p in setup.model.parameters())
+    held = sum(held_bytes(p.to_local() if type(p).__name__ == "DTensor" else p) for p in setup.model.parameters())
     loaded = sampler.peak - baseline
     run = RunDir(parsed.output_dir)
     if ranks.main:
@@ -88,18 +97,19 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=128)
     args = p.parse_args()
     results = {}
-    for mode in ("none", "fsdp"):
+    for mode in ("none", "fsdp", "fsdp+4bit"):
         with tempfile.TemporaryDirectory() as tmp:
             recipe = {"model": "smollm2-135m", "dataset": str(ROOT / "data" / "sst2_train_2000.jsonl"), "output_dir": str(Path(tmp) / "run"),
-                      "method": "xgblora", "steps_per_booster": 1,
-                      "train": {"max_steps": args.steps, "batch_size": args.batch, "max_seq_len": args.seq, "sharding": mode}}
+                      "method": "xgblora", "steps_per_booster": 1, "quantization": "4bit" if mode.endswith("4bit") else "none",
+                      "train": {"max_steps": args.steps, "batch_size": args.batch, "max_seq_len": args.seq, "sharding": mode.split("+")[0]}}
             mp.spawn(worker, args=(2, free_port(), recipe, tmp), nprocs=2, join=True)
             results[mode] = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(2)]
         for rank, r in enumerate(results[mode]):
-            print(f"sharding={mode:>4} rank {rank}: base weights held {r['weights'] / 2**20:7.1f} MiB, peak memory above "
+            print(f"sharding={mode:>9} rank {rank}: base weights held {r['weights'] / 2**20:7.1f} MiB, peak memory above "
                   f"imports {r['loaded'] / 2**20:7.1f} MiB when loaded, {r['peak'] / 2**20:7.1f} MiB after training", flush=True)
-    none, fsdp = results["none"][0], results["fsdp"][0]
-    print(f"fsdp_weight_ratio={fsdp['weights'] / none['weights']:.3f} fsdp_peak_ratio={fsdp['peak'] / none['peak']:.3f}")
+    none, fsdp, nf4 = results["none"][0], results["fsdp"][0], results["fsdp+4bit"][0]
+    print(f"fsdp_weight_ratio={fsdp['weights'] / none['weights']:.3f} fsdp_peak_ratio={fsdp['peak'] / none['peak']:.3f} "
+          f"fsdp_4bit_weight_ratio={nf4['weights'] / none['weights']:.3f}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ CASES: dict[str, Callable[[Case], list[str]]] = {
     "k-over-blocks": lambda c: c.recipe("layers_per_booster=9"),
     "kappa-over-steps": lambda c: c.recipe("steps_per_booster=100"),
     "negative-lr": lambda c: c.recipe("train.learning_rate=-1e-4"),
+    "sharding-one-process": lambda c: c.recipe("train.sharding=fsdp"),
+    "sharding-8bit": lambda c: c.recipe("train.sharding=fsdp", "quantization=8bit"),
     "bad-device": lambda c: c.recipe("device=gpu"),
     "missing-model": lambda c: c.recipe("model=./no/such/model"),
     "unreachable-hub-model": lambda c: c.recipe("model=no-such-org/no-such-model"),

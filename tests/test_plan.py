@@ -100,3 +100,22 @@ def test_sharded_plans_hold_a_share_of_the_blocks_per_gpu() -> None:
     assert sharded["inputs"]["ranks"] == 2 and sharded["inputs"]["sharding"] == "fsdp"
     result = run_cli("plan", str(recipe), f"model={SHAPE}", "--gpus", "3", "--gpu-memory", "24GiB")
     assert result.returncode == 2 and "--gpus: train.batch_size (2) must divide by the number of GPUs, got 3" in result.stderr
+
+
+def test_a_sharded_4bit_base_plans_its_codes_per_gpu_and_puts_70b_on_4_x_24_gib() -> None:
+    """quantization: 4bit with sharding: the blocks' linear layers at 4.127 bits, 1/N of them per GPU, plus one
+    dequantized linear layer; LLaMA3-70B fits 4 x 24 GiB that way and not in bf16."""
+    recipe = ROOT / "recipes" / "llama3_70b_4bit_fsdp.yaml"
+    model = f"model={ROOT / 'recipes' / 'shapes' / 'llama3-70b'}"
+    def planned(*extra: str) -> dict:
+        result = run_cli("plan", str(recipe), model, *extra, "--gpus", "4", "--gpu-memory", "24GiB", "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    nf4, bf16 = planned(), planned("quantization=none")
+    s = nf4["inputs"]["shape"]
+    linear, other = s["block_linear_params"], s["params"] - s["root_params"] - s["block_linear_params"]
+    block = linear * 4.127 / 8 + other * 2
+    expected = block / 4 + s["root_params"] * 2 + 2 * block / s["layers"] * 3 / 4 + s["hidden"] * s["intermediate"] * 2
+    assert nf4["components"]["weights"] == pytest.approx(expected, rel=1e-6)
+    assert nf4["fits"] and not bf16["fits"] and nf4["peak_bytes"] < 24 * 2**30 < bf16["peak_bytes"]

@@ -101,11 +101,82 @@ def test_torchrun_sharded_launch_and_resume_after_a_kill(tmp_path: Path, tiny_mo
             torch.testing.assert_close(u @ v, b.factors[name][0] @ b.factors[name][1], atol=1e-6, rtol=0)
 
 
-def test_sharding_needs_several_ranks_and_an_unquantized_base(tmp_path: Path, tiny_model_dir: Path) -> None:
+def _nf4_worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> None:
+    """One rank of a sharded 4-bit run: train, then save which layers hold NF4 codes and this rank's share of them."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from xgblora_cli.quantized import is_quantized
+    from xgblora_cli.runtime import init_from_env, shutdown
+
+    ranks = init_from_env("cpu")
+    setup, _ = train_in_memory(recipe_dict, ranks)
+    codes = {name: (module.weight.to_local().quantized_data.numel(), module.weight.shape.numel())
+             for name, module in setup.model.named_modules() if is_quantized(module)}
+    torch.save(codes, Path(out) / f"codes{rank}.pt")
+    shutdown(ranks)
+
+
+def _dequantized_copy(model_dir: Path, out: Path, world: int) -> tuple[Path, set[str]]:
+    """``model_dir`` with every block weight that a 4-bit sharded run quantizes replaced by the values its NF4 codes
+    stand for: the base a one-process run must see to equal the sharded 4-bit one. Returns the folder and names."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from xgblora_cli.nf4 import dequantized, shardable, to_nf4
+
+    shutil.copytree(model_dir, out)
+    tensors = load_file(model_dir / "model.safetensors")
+    names = {n for n, t in tensors.items() if ".layers." in n and n.endswith("proj.weight") and shardable(tuple(t.shape), world)}
+    for name in names:
+        tensors[name] = dequantized(to_nf4(tensors[name], world)).contiguous()
+    save_file(tensors, out / "model.safetensors", metadata={"format": "pt"})
+    return out, names
+
+
+def test_a_sharded_4bit_base_trains_like_one_process_on_its_dequantized_values(tmp_path: Path) -> None:
+    """quantization: 4bit with sharding: fsdp on 2 gloo ranks (torchao NF4 codes, half of them a rank): the record
+    equals a one-process run on a base holding what the codes stand for (each update within 0.1% of its norm), merged boosters included
+    (they stay beside the codes as factors)."""
+    from tests.conftest import save_tiny_model
+
+    model_dir = save_tiny_model(tmp_path / "wide", hidden=64)
+    plain_dir, names = _dequantized_copy(model_dir, tmp_path / "dequantized", 2)
+    assert len(names) == 4 * 7  # every linear layer of the 4 blocks
+    recipe = tiny_recipe(tmp_path / "nf4", model_dir, layers_per_booster=2, steps_per_booster=3, quantization="4bit", train=TRAIN)
+    (tmp_path / "nf4").mkdir()
+    mp.spawn(_nf4_worker, args=(2, free_port(), recipe, str(tmp_path)), nprocs=2, join=True)
+    codes = [torch.load(tmp_path / f"codes{rank}.pt") for rank in (0, 1)]
+    assert set(codes[0]) == {name.removesuffix(".weight") for name in names} == set(codes[1])
+    for rank in (0, 1):
+        assert all(local == numel // 2 // 2 for local, numel in codes[rank].values())  # 2 codes a byte, half the rows
+
+    _, one = train_in_memory(tiny_recipe(tmp_path / "one", plain_dir, layers_per_booster=2, steps_per_booster=3,
+                                         train={**TRAIN, "sharding": "none"}))
+    sharded, single = Record(tmp_path / "nf4" / "run").load(), Record(one.path).load()
+    assert len(sharded) == len(single) == 2 and any(name in names for b in sharded for name in b.factors)
+    for a, b in zip(sharded, single):
+        assert a.blocks == b.blocks and sorted(a.factors) == sorted(b.factors)
+        for name, (u, v) in a.factors.items():
+            expected = b.factors[name][0] @ b.factors[name][1]  # AdamW amplifies fp32 sums in another order near 0
+            assert (u @ v - expected).norm() <= 1e-3 * expected.norm(), (a.index, name)
+
+
+def test_nf4_shards_hold_whole_blocks_and_scale_groups() -> None:
+    from xgblora_cli.nf4 import scaler_block, shardable, to_nf4
+
+    assert shardable((576, 576), 2) and shardable((192, 576), 4) and not shardable((7, 64), 2) and not shardable((2, 48), 2)
+    assert scaler_block(4096) == 256 and scaler_block(2592) == 216 and scaler_block(7) == 7 and scaler_block(257) == 1
+    weight = torch.randn(192, 576) * 0.02  # SmolLM2's k_proj: 1,728 blocks of 64, 864 a rank on 2
+    codes = to_nf4(weight, 2)
+    assert codes.quantization_factor.numel() % 2 == 0 and codes.quantized_scalers.numel() == 1728
+    assert (codes.get_original_weight() - weight).abs().mean() < 0.12 * weight.abs().mean()  # NF4: about 9% here
+
+
+def test_sharding_needs_several_ranks_and_a_base_it_can_shard(tmp_path: Path, tiny_model_dir: Path) -> None:
     with pytest.raises(UserError, match="train.sharding: fsdp shards the base over data-parallel ranks; launch with torchrun"):
         start_run(recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir, train={"sharding": "fsdp"}), "r.yaml"), "r.yaml", progress=False)
-    with pytest.raises(UserError, match="train.sharding: fsdp shards a bf16/fp16/fp32 base; a 4bit base is not supported"):
-        recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir, quantization="4bit", train={"sharding": "fsdp"}), "r.yaml")
+    with pytest.raises(UserError, match="train.sharding: fsdp shards a bf16/fp16/fp32 or 4bit base; a 8bit base is not supported"):
+        recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir, quantization="8bit", train={"sharding": "fsdp"}), "r.yaml")
     assert not (tmp_path / "run").exists()
     result = run_cli("train", str(write_recipe(tmp_path / "r.yaml", **tiny_recipe(tmp_path, tiny_model_dir))), "train.sharding=zero3")
     assert result.returncode == 2 and "train.sharding: must be one of none, fsdp, got 'zero3'" in result.stderr

@@ -4,7 +4,8 @@ The model is read as a meta-device skeleton (shapes only), so planning LLaMA3-8B
 and nothing else. The estimate is for one training process (one data-parallel rank) on its device:
 
 - **weights**: every base parameter at the recipe's dtype; with ``quantization`` the blocks' linear layers
-  at 4.127 bits (NF4 + double-quantized scales) or 8 bits + one fp32 scale per row.
+  at 4.127 bits (NF4 + double-quantized scales) or 8 bits + one fp32 scale per row; sharded (``train.sharding:
+  fsdp``), 1/N of the blocks plus what is gathered whole (:func:`sharded_weight_bytes`).
 - **adapters**: one booster's trainable parameters with their gradients and AdamW moments (16 bytes each).
 - **record**: the factors of every merged booster, kept in fp32 for exact merges (host memory; on the device
   too when the base is quantized, see quantized.py).
@@ -107,11 +108,18 @@ def record_bytes(plan: BoosterPlan, trainable: int) -> int:
     return plan.num_boosters * trainable * 4
 
 
-def sharded_weight_bytes(s: Shape, b: int, world: int) -> int:
+def sharded_weight_bytes(s: Shape, b: int, world: int, quantization: str = "none") -> int:
     """Weights per rank with ``train.sharding: fsdp``: 1/world of every block, the root unit whole (the loss holds
-    it gathered for the step), and two blocks gathered whole at a time (the one running and the next, prefetched)."""
+    it gathered for the step), and two blocks gathered whole at a time (the one running and the next, prefetched).
+    With ``quantization: 4bit`` a block's linear layers are NF4 codes (4.127 bits a value, gathered as codes) and
+    one of them is dequantized at a time for its matmul (the largest: hidden x intermediate values)."""
     block_params = s.params - s.root_params
-    return int(b * (block_params / world + s.root_params + 2 * block_params / s.layers * (world - 1) / world))
+    if quantization == "4bit":
+        block_bytes = s.block_linear_params * 4.127 / 8 + (block_params - s.block_linear_params) * b
+        dequantized = s.hidden * s.intermediate * b
+    else:
+        block_bytes, dequantized = block_params * b, 0
+    return int(block_bytes / world + s.root_params * b + 2 * block_bytes / s.layers * (world - 1) / world + dequantized)
 
 
 def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device: str, world: int = 1) -> dict:
@@ -127,7 +135,7 @@ def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device
     record = record_bytes(plan, trainable)
     on_device = recipe.quantization != "none" or not device.startswith("cuda")  # else it stays in host memory
     components = {
-        "weights": sharded_weight_bytes(s, b, world) if args.sharding == "fsdp" and world > 1 else weight_bytes(s, b, recipe.quantization),
+        "weights": sharded_weight_bytes(s, b, world, recipe.quantization) if args.sharding == "fsdp" and world > 1 else weight_bytes(s, b, recipe.quantization),
         "adapters": trainable * 16,
         "record": record if on_device else 0,
         "activations": int(tokens * saved),

@@ -1,4 +1,5 @@
-"""Quantized bases (bitsandbytes 4-bit NF4 or 8-bit) and where merged boosters live on them.
+"""Quantized bases (bitsandbytes 4-bit NF4 or 8-bit; torchao NF4 when sharded, nf4.py) and where merged boosters
+live on them.
 
 A booster is never merged by re-quantizing ``Q(W) + dW``: a rank-1 update is far below one quantization step,
 so it would vanish (and each re-quantization would add its own error). Instead the merged boosters of a
@@ -41,7 +42,11 @@ def bnb_config(quantization: str, compute_dtype: torch.dtype):  # -> transformer
 
 
 def is_quantized(module: nn.Module) -> bool:
-    return type(module).__name__ in _QUANTIZED_LINEARS
+    """A bitsandbytes quantized linear layer, or a linear layer holding an NF4 weight (sharded or not, nf4.py)."""
+    if type(module).__name__ in _QUANTIZED_LINEARS:
+        return True
+    weight = getattr(module, "weight", None)
+    return type(getattr(weight, "_local_tensor", weight)).__name__ == "NF4Tensor"
 
 
 def linear_shape(module: nn.Module) -> tuple[int, int]:

@@ -98,7 +98,7 @@ class TrainArgs:
     max_seq_len: int = 512
     """Tokens per example at most (the prompt is cut from the left, the response keeps at least half); eval of the run uses it too."""
     sharding: str = "none"
-    """none (every data-parallel rank holds the whole frozen base) or fsdp (each rank holds 1/N of it, FSDP2 under torchrun)."""
+    """none (every data-parallel rank holds the whole frozen base) or fsdp (each rank holds 1/N of it, FSDP2 under torchrun; with quantization: 4bit, 1/N of its NF4 codes)."""
     packing: bool = False
     """Pack several examples into each row of max_seq_len tokens (no attention across them); batch_size counts rows."""
     gradient_checkpointing: bool = False
@@ -173,7 +173,7 @@ class Recipe:
     dtype: str = "float32"
     """float32, bfloat16 or float16 for the base weights (adapters are always fp32)."""
     quantization: str = "none"
-    """none, 4bit (NF4) or 8bit: the blocks' linear layers through bitsandbytes; dtype is then the compute dtype."""
+    """none, 4bit (NF4) or 8bit: the blocks' linear layers through bitsandbytes (4bit with sharding: fsdp through torchao's NF4); dtype is then the compute dtype."""
     seed: int = 0
     """Seeds block draws, adapter init and data order, by position (a resumed run draws the same)."""
     dataset_split: str = "train"
@@ -225,8 +225,8 @@ class Recipe:
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
         _require(self.block_schedule in SCHEDULES, "block_schedule", f"must be random or cycle, got {self.block_schedule!r}")
         _require(self.dataset_format in FORMATS, "dataset_format", f"must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
-        _require(self.train.sharding == "none" or self.quantization == "none", "train.sharding",
-                 f"fsdp shards a bf16/fp16/fp32 base; a {self.quantization} base is not supported with it (use quantization: none)")
+        _require(self.train.sharding == "none" or self.quantization in ("none", "4bit"), "train.sharding",
+                 f"fsdp shards a bf16/fp16/fp32 or 4bit base; a {self.quantization} base is not supported with it (use quantization: none or 4bit)")
         unknown = [name for name in self.report_to if name not in TRACKERS]
         _require(not unknown, "report_to", f"must be none, tensorboard, wandb or a list of them, got {unknown[0]!r}" if unknown else "")
 

@@ -48,7 +48,7 @@ def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:
         if not ranks.active:
             raise UserError(f"{source}: train.sharding: fsdp shards the base over data-parallel ranks; launch with "
                             "torchrun --nproc_per_node N (N >= 2), or use sharding: none in one process")
-        model = load_sharded(model_dir, recipe.dtype, device, ranks, recipe.trust_remote_code)
+        model = load_sharded(model_dir, recipe.dtype, device, ranks, recipe.trust_remote_code, recipe.quantization)
     else:
         model = load_model(model_dir, recipe.dtype, device, recipe.trust_remote_code, recipe.quantization)
     plan = plan_for(recipe, model, source)

@@ -24,24 +24,28 @@ from torch import nn
 from xgblora_cli.errors import UserError, first_line
 from xgblora_cli.merge import BaseWeights, local_rows
 from xgblora_cli.models import find_blocks, quiet_transformers, torch_dtype
+from xgblora_cli.nf4 import BLOCK, quantize_linears
 from xgblora_cli.runtime import Ranks
 
 
-def load_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks, trust_remote_code: bool = False) -> nn.Module:
-    """The causal LM in ``model_dir``, frozen, its parameters sharded over ``ranks`` (each rank reads its rows only)."""
-    model = build_sharded(model_dir, dtype, device, ranks, trust_remote_code)
-    read_rows_into(model, model_dir)
+def load_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks, trust_remote_code: bool = False,
+                 quantization: str = "none") -> nn.Module:
+    """The causal LM in ``model_dir``, frozen, its parameters sharded over ``ranks``: each rank reads its rows only,
+    or, with ``quantization: 4bit``, quantizes one block at a time and keeps its rows of the codes (nf4.py)."""
+    if quantization == "4bit":
+        model = build_sharded_nf4(model_dir, dtype, device, ranks, trust_remote_code)
+    else:
+        model = build_sharded(model_dir, dtype, device, ranks, trust_remote_code)
+        read_rows_into(model, model_dir)
     freeze_and_init_root(model, device)
     model.reshard()  # the root stays gathered after its forward until told otherwise
     return model
 
 
-def build_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks, trust_remote_code: bool = False) -> nn.Module:
-    """The architecture of ``model_dir`` built on the meta device, every block and the root sharded (FSDP2), its
-    shards allocated (uninitialised) on ``device`` and its computed buffers (rotary frequencies) restored."""
+def build_on_meta(model_dir: Path, dtype: str, trust_remote_code: bool = False) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The architecture of ``model_dir`` on the meta device (no memory), and its computed buffers (rotary
+    frequencies: not stored in the checkpoint, so kept as built, to be restored once the model is on a device)."""
     from accelerate import init_empty_weights
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
     from transformers import AutoConfig, AutoModelForCausalLM
 
     quiet_transformers()
@@ -52,16 +56,70 @@ def build_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Rank
     except Exception as err:
         raise UserError(f"model '{model_dir}': could not be built for sharding: {first_line(err)}") from None
     model.tie_weights()
-    buffers = {name: buffer.clone() for name, buffer in model.named_buffers()}  # computed, not stored: kept as built
+    return model, {name: buffer.clone() for name, buffer in model.named_buffers()}
+
+
+def restore_buffers(model: nn.Module, buffers: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, buffer in buffers.items():
+            model.get_buffer(name).copy_(buffer)
+
+
+def build_sharded(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks, trust_remote_code: bool = False) -> nn.Module:
+    """The architecture of ``model_dir`` built on the meta device, every block and the root sharded (FSDP2), its
+    shards allocated (uninitialised) on ``device`` and its computed buffers (rotary frequencies) restored."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model, buffers = build_on_meta(model_dir, dtype, trust_remote_code)
     mesh = init_device_mesh(device.type, (ranks.world,))
     for block in find_blocks(model):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     model.to_empty(device=device)
-    with torch.no_grad():
-        for name, buffer in buffers.items():
-            model.get_buffer(name).copy_(buffer)
+    restore_buffers(model, buffers)
     return model
+
+
+def build_sharded_nf4(model_dir: Path, dtype: str, device: torch.device, ranks: Ranks, trust_remote_code: bool = False) -> nn.Module:
+    """As :func:`build_sharded` with the blocks' linear layers in NF4, the weights read in: one block at a time is
+    made whole on ``device``, filled from the base, quantized and sharded (so a rank holds at most one whole block
+    besides its shards); then the root (embeddings, final norm, head, unquantized), whole until it is sharded."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    model, buffers = build_on_meta(model_dir, dtype, trust_remote_code)
+    mesh = init_device_mesh(device.type, (ranks.world,))
+    base = BaseWeights(model_dir)
+    names = {id(module): name for name, module in model.named_modules()}
+    blocks = find_blocks(model)
+    kept = total = 0
+    for block in blocks:
+        block.to_empty(device=device)
+        fill_whole(block, base, names[id(block)] + ".")
+        quantized, unquantized = quantize_linears(block, ranks.world)
+        kept, total = kept + unquantized, total + quantized + unquantized
+        fully_shard(block, mesh=mesh)
+    in_blocks = {id(module) for module in blocks.modules()}
+    for module in model.modules():
+        if id(module) not in in_blocks:
+            module.to_empty(device=device, recurse=False)
+    model.tie_weights()
+    root = {name: param for name, param in model.named_parameters() if not name.startswith(names[id(blocks)] + ".")}
+    fill_whole(model, base, "", root)
+    fully_shard(model, mesh=mesh)
+    restore_buffers(model, buffers)
+    if kept and ranks.main:
+        print(f"note: {kept} of {total} linear layers of the blocks stay unquantized: their size does not split into whole "
+              f"NF4 blocks of {BLOCK} values on each of {ranks.world} ranks", flush=True)
+    return model
+
+
+def fill_whole(module: nn.Module, base: BaseWeights, prefix: str, params: dict[str, nn.Parameter] | None = None) -> None:
+    """Copy each parameter of ``module`` (or just ``params``) whole from the base tensor ``prefix + name``."""
+    with torch.no_grad():
+        for name, param in (params or dict(module.named_parameters())).items():
+            param.copy_(base.get(prefix + name).to(param.dtype))
 
 
 def read_rows_into(model: nn.Module, model_dir: Path) -> None:
