@@ -77,8 +77,10 @@ def test_two_sharded_ranks_equal_one_process(tmp_path: Path, tiny_model_dir: Pat
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=0)
 
 
-def test_torchrun_sharded_launch_and_resume_after_a_kill(tmp_path: Path, tiny_model_dir: Path) -> None:
-    """The documented launch with sharding; killed mid-run, --resume ends where an unbroken sharded run ends."""
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_torchrun_sharded_launch_and_resume_after_a_kill(quantization: str, tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The documented launch with sharding (bf16/fp32 or 4-bit NF4 base); killed mid-run, --resume ends where an
+    unbroken sharded run ends (on a 4-bit base the resumed run puts the merged boosters back beside the codes)."""
     from xgblora_cli.runtime import FAULT_ENV
 
     def launch(recipe: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -87,8 +89,9 @@ def test_torchrun_sharded_launch_and_resume_after_a_kill(tmp_path: Path, tiny_mo
         return subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
                               cwd=ROOT, timeout=600)
 
-    straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "a"), train=TRAIN))
-    killed = write_recipe(tmp_path / "b.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "b"), train=TRAIN))
+    fields = dict(train=TRAIN, quantization=quantization)
+    straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "a"), **fields))
+    killed = write_recipe(tmp_path / "b.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "b"), **fields))
     done = launch(straight)
     assert done.returncode == 0, done.stderr[-3000:]
     assert RunDir(tmp_path / "a").info()["status"] == "complete"
