@@ -166,9 +166,10 @@ def device_memory(device: str) -> int:
     """Total memory of ``device``: the GPU's, or the machine's RAM for the CPU."""
     if device.startswith("cuda"):
         return torch.cuda.get_device_properties(torch.device(device)).total_memory
-    for line in open("/proc/meminfo", encoding="ascii"):
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) * 1024
+    with open("/proc/meminfo", encoding="ascii") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 
