@@ -73,11 +73,16 @@ def val(bench: TaskBench, method: str, lr: float, seed: int, extra: dict | None 
         return None
 
 
-def cells(accs: list[float | None], reference: float | None = None) -> str:
+def cells(accs: list[float | None], reference: list[float | None] | None = None) -> str:
+    """``mean ± sd (shift) | by seed |``; the shift is against ``reference``'s mean over the seeds both have."""
     done = [a for a in accs if a is not None]
     if not done:
         return "not run yet | |"
-    shift = f" ({statistics.mean(done) - reference:+.1f})" if reference is not None else ""
+    shift = ""
+    if reference is not None:
+        pairs = [(a, r) for a, r in zip(accs, reference) if a is not None and r is not None]
+        if pairs:
+            shift = f" ({statistics.mean(a - r for a, r in pairs):+.1f})"
     return f"{spread(done)}{shift} | {' '.join('-' if a is None else f'{a:.1f}' for a in accs)} |"
 
 
@@ -88,17 +93,16 @@ def settings(args: argparse.Namespace) -> list[Row]:
 
 
 def table_lines(args: argparse.Namespace, results: dict[tuple[str, str], dict[int, float | None]]) -> list[str]:
-    """One table line per (task, row) measured so far; shifts are against the preset at ``--lr`` (the mean of its
-    finished seeds)."""
+    """One table line per (task, row) measured so far; shifts are against the preset at ``--lr`` on the same
+    seeds (the mean of the per-seed differences)."""
     lines = []
     for task in args.tasks:
-        at_rate = [a for a in results.get((task, f"xgblora lr {args.lr:g}"), {}).values() if a is not None]
-        reference = statistics.mean(at_rate) if at_rate else None
+        preset = results.get((task, f"xgblora lr {args.lr:g}"), {})
+        reference = [preset.get(seed) for seed in args.seeds]
         for label, lr, extra in settings(args):
             accs = results.get((task, label))
             if accs is not None:
-                shift = reference if extra is not None else None
-                lines.append(f"| {task} | {label} | {cells([accs.get(seed) for seed in args.seeds], shift)}")
+                lines.append(f"| {task} | {label} | {cells([accs.get(seed) for seed in args.seeds], reference if extra is not None else None)}")
     return lines
 
 
@@ -132,7 +136,7 @@ def long_curve(bench: TaskBench, args: argparse.Namespace, lines: list[str]) -> 
 
 def write(args: argparse.Namespace, lines: list[str]) -> None:
     command = "python scripts/bench_sensitivity.py " + shlex.join(sys.argv[1:])
-    head = ["| task | xgblora setting | validation accuracy, mean ± sd (vs the preset at the rate) | by seed |", "|---|---|---|---|"]
+    head = ["| task | xgblora setting | validation accuracy, mean ± sd (vs the preset at the rate, same seeds) | by seed |", "|---|---|---|---|"]
     write_doc(args.doc, f"Command: `{command.strip()}`; validation accuracy (%), seeds {' '.join(map(str, args.seeds))}.\n\n"
               + "\n".join(head + lines), START, END)
 
