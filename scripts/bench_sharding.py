@@ -55,10 +55,10 @@ def free_port() -> int:
 
 
 def held_bytes(tensor) -> int:
-    """Bytes a (local) parameter occupies: an NF4 weight's packed codes and scales, else numel x element size."""
-    if type(tensor).__name__ == "NF4Tensor":
-        inner = ("quantized_data", "quantized_scalers", "quantization_factor", "scaler_mean", "nf4")
-        return sum(getattr(tensor, name).numel() * getattr(tensor, name).element_size() for name in inner)
+    """Bytes a (local) parameter occupies: a tensor subclass's inner tensors (an NF4 weight's packed codes and
+    scales, as its ``__tensor_flatten__`` lists them), else numel x element size."""
+    if hasattr(tensor, "__tensor_flatten__"):
+        return sum(held_bytes(getattr(tensor, name)) for name in tensor.__tensor_flatten__()[0])
     return tensor.numel() * tensor.element_size()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -186,7 +187,7 @@ def answer_shares(picks: list[int], questions: list[Question], most: int = 10) -
     if not questions or len(names) > most:
         return {}
     def shares(chosen: list[str]) -> dict[str, float]:
-        return {name: chosen.count(name) / len(chosen) for name in sorted(set(chosen))}
+        return {name: count / len(chosen) for name, count in sorted(Counter(chosen).items())}
     predicted = [q.labels[pick] if pick >= 0 else "(none)" for pick, q in zip(picks, questions)]
     return {"predicted": shares(predicted), "gold": shares([q.labels[q.answer] for q in questions])}
 

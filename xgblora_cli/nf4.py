@@ -14,8 +14,6 @@ stay beside a quantized layer as exact fp32 factors (quantized.py), never folded
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
@@ -28,7 +26,6 @@ SCALER_BLOCK = 256  # scales per double-quantization group, at most (fewer where
 def to_nf4(weight: torch.Tensor, world: int = 1):  # -> torchao NF4Tensor, the weight's shape and dtype
     """``weight`` (d_out, d_in) quantized to NF4 by torchao, its scale groups sized so that each of ``world`` row
     shards holds whole groups; a clear error when torchao cannot be loaded."""
-    logging.getLogger("torchao").setLevel(logging.ERROR)  # it warns about GPU kernels a CPU build cannot load
     try:
         from torchao.quantization import to_nf4 as quantize
     except Exception as err:

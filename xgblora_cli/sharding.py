@@ -96,7 +96,7 @@ def build_sharded_nf4(model_dir: Path, dtype: str, device: torch.device, ranks: 
     kept = total = 0
     for block in blocks:
         block.to_empty(device=device)
-        fill_whole(block, base, names[id(block)] + ".")
+        fill_whole(dict(block.named_parameters()), base, names[id(block)] + ".")
         quantized, unquantized = quantize_linears(block, ranks.world)
         kept, total = kept + unquantized, total + quantized + unquantized
         fully_shard(block, mesh=mesh)
@@ -106,7 +106,7 @@ def build_sharded_nf4(model_dir: Path, dtype: str, device: torch.device, ranks: 
             module.to_empty(device=device, recurse=False)
     model.tie_weights()
     root = {name: param for name, param in model.named_parameters() if not name.startswith(names[id(blocks)] + ".")}
-    fill_whole(model, base, "", root)
+    fill_whole(root, base, "")
     fully_shard(model, mesh=mesh)
     restore_buffers(model, buffers)
     if kept and ranks.main:
@@ -115,10 +115,10 @@ def build_sharded_nf4(model_dir: Path, dtype: str, device: torch.device, ranks: 
     return model
 
 
-def fill_whole(module: nn.Module, base: BaseWeights, prefix: str, params: dict[str, nn.Parameter] | None = None) -> None:
-    """Copy each parameter of ``module`` (or just ``params``) whole from the base tensor ``prefix + name``."""
+def fill_whole(params: dict[str, nn.Parameter], base: BaseWeights, prefix: str) -> None:
+    """Copy each of ``params`` whole from the base tensor ``prefix + name``."""
     with torch.no_grad():
-        for name, param in (params or dict(module.named_parameters())).items():
+        for name, param in params.items():
             param.copy_(base.get(prefix + name).to(param.dtype))
 
 
