@@ -65,7 +65,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--lrs", nargs="*", default=[], metavar="[TASK:]METHOD=LR,LR",
                    help="replace a method's learning-rate grid, for every task or (with TASK:) one task, "
-                        "e.g. xgblora=1e-2 rte:lora=1e-3")
+                        "e.g. xgblora=1e-2 rte:lora=1e-3; control=LR runs the control at LR instead of "
+                        "xgblora's chosen rate (so it can run without xgblora in --methods)")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -135,10 +136,11 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
     for method in methods:
         try:
             if method == "control":
-                if "xgblora" not in chosen:
-                    unfinished.append(f"{bench.budget.name} control (needs xgblora's rate)")
+                rate = bench.grids["control"][0] if "control" in bench.grids else chosen.get("xgblora")
+                if rate is None:
+                    unfinished.append(f"{bench.budget.name} control (needs xgblora's rate, or --lrs control=LR)")
                     continue
-                best, grid_scores = chosen["xgblora"], {}
+                best, grid_scores = rate, {}
             else:
                 best, grid_scores = bench.choose(method, bench.grids[method])
             chosen[method] = best
