@@ -151,8 +151,9 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
         for seed in bench.args.seeds:
             try:
                 run = bench.run(method, best, seed)
-                tests.append(bench.test_acc(str(run["dir"]), run["dir"]))
-                curves.append(bench.curve(run))
+                test, curve = bench.test_acc(str(run["dir"]), run["dir"]), bench.curve(run)
+                tests.append(test)  # appended together: a run whose curve is unfinished counts nowhere
+                curves.append(curve)
                 runs.append(run)
             except Missing:
                 unfinished.append(f"{bench.budget.name} {method} seed {seed}")
@@ -175,19 +176,40 @@ def step_cost(work: Path) -> dict[str, float]:
     return {method: times[config] / times["lora"] for method, config in TIMED_AS.items() if config in times and "lora" in times}
 
 
-def task_table(name: str, base: tuple[float, float], rows: dict[str, dict]) -> str:
-    lines = [f"**{name}** (test = GLUE dev; validation = held-out training records)", "",
-             "| model | learning rate (validation accuracy by rate) | validation acc. | test accuracy | s per step (the run's median, load-dependent) | trainable params |",
-             "|---|---|---|---|---|---|",
-             f"| base (untouched) | - | {base[0]:.1f} | {base[1]:.1f} | - | 0 |"]
+def answer_share(folder: Path, task: str) -> tuple[str, float] | None:
+    """(the task's first answer label, the % of test answers that gave it) from ``folder/test_acc.json``; None for a
+    result written before eval recorded its answer shares."""
+    result = json.loads((folder / "test_acc.json").read_text())["tasks"][task]
+    if "predicted" not in result:
+        return None
+    label = sorted(result["gold"])[0]
+    return label, 100 * result["predicted"].get(label, 0.0)
+
+
+def shares_cell(folders: list[Path], task: str) -> str:
+    """``false 100%, 11%, 94%``: the share of test answers giving the first label, per run ("?" where not recorded)."""
+    shares = [answer_share(folder, task) for folder in folders]
+    known = [share for share in shares if share]
+    if not known:
+        return "-"
+    return f"`{known[0][0]}` " + ", ".join(f"{share[1]:.0f}%" if share else "?" for share in shares)
+
+
+def task_table(task: str, base: tuple[float, float], base_dir: Path, rows: dict[str, dict]) -> str:
+    lines = [f"**{task.upper()}** (test = GLUE dev; validation = held-out training records)", "",
+             "| model | learning rate (validation accuracy by rate) | validation acc. | test accuracy | test answers giving the first label, by seed "
+             "| s per step (the run's median, load-dependent) | trainable params |",
+             "|---|---|---|---|---|---|---|",
+             f"| base (untouched) | - | {base[0]:.1f} | {base[1]:.1f} | {shares_cell([base_dir], task)} | - | 0 |"]
     for method, row in rows.items():
         plan = row["runs"][0]["plan"]
         grid = ", ".join(f"{lr:g}: {acc:.1f}" for lr, acc in sorted(row["grid"].items())) or "xgblora's"
         val = f"{row['grid'][row['lr']]:.1f}" if row["grid"] else "-"
         label = f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"
         params = f"{row['runs'][0]['trainable_per_booster']:,}/booster"
+        shares = shares_cell([run["dir"] for run in row["runs"]], task)
         lines.append(f"| {label} | **{row['lr']:g}** ({grid}) | {val} | **{spread(row['test'])}** (n={len(row['test'])}) "
-                     f"| {spread([r['step_s'] for r in row['runs']], 2)} | {params} |")
+                     f"| {shares} | {spread([r['step_s'] for r in row['runs']], 2)} | {params} |")
     return "\n".join(lines)
 
 
@@ -241,7 +263,7 @@ def main() -> None:
         results[task] = rows
         loss_runs += [str(row["runs"][0]["dir"]) for row in rows.values()]
         budget = BUDGETS[task]
-        sections.append(f"{task_table(task.upper(), base, rows)}\n\nTest accuracy against steps ({CURVE_LIMITS[task]} seeded test "
+        sections.append(f"{task_table(task, base, base_dir, rows)}\n\nTest accuracy against steps ({CURVE_LIMITS[task]} seeded test "
                         f"questions per point, mean ± sd over seeds; budget {budget.steps} steps x batch {budget.batch}, "
                         f"at most {budget.seq} tokens, {2 * budget.train} training / {2 * budget.val} validation records):"
                         f"\n\n{curve_table(rows, cost) if rows else '(no finished run yet)'}")
