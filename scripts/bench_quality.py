@@ -135,12 +135,14 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
     chosen: dict[str, float] = {}
     for method in methods:
         try:
+            source = ""  # where a rate not chosen on validation came from (the control's)
             if method == "control":
-                rate = bench.grids["control"][0] if "control" in bench.grids else chosen.get("xgblora")
+                given = "control" in bench.grids
+                rate = bench.grids["control"][0] if given else chosen.get("xgblora")
                 if rate is None:
                     unfinished.append(f"{bench.budget.name} control (needs xgblora's rate, or --lrs control=LR)")
                     continue
-                best, grid_scores = rate, {}
+                best, grid_scores, source = rate, {}, "given by --lrs" if given else "xgblora's"
             else:
                 best, grid_scores = bench.choose(method, bench.grids[method])
             chosen[method] = best
@@ -158,7 +160,7 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
             except Missing:
                 unfinished.append(f"{bench.budget.name} {method} seed {seed}")
         if runs:
-            rows[method] = {"lr": best, "grid": grid_scores, "test": tests, "curves": curves, "runs": runs}
+            rows[method] = {"lr": best, "grid": grid_scores, "source": source, "test": tests, "curves": curves, "runs": runs}
     return rows
 
 
@@ -203,7 +205,7 @@ def task_table(task: str, base: tuple[float, float], base_dir: Path, rows: dict[
              f"| base (untouched) | - | {base[0]:.1f} | {base[1]:.1f} | {shares_cell([base_dir], task)} | - | 0 |"]
     for method, row in rows.items():
         plan = row["runs"][0]["plan"]
-        grid = ", ".join(f"{lr:g}: {acc:.1f}" for lr, acc in sorted(row["grid"].items())) or "xgblora's"
+        grid = ", ".join(f"{lr:g}: {acc:.1f}" for lr, acc in sorted(row["grid"].items())) or row["source"]
         val = f"{row['grid'][row['lr']]:.1f}" if row["grid"] else "-"
         label = f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"
         params = f"{row['runs'][0]['trainable_per_booster']:,}/booster"
