@@ -33,9 +33,11 @@ bench: $(STAMP)
 
 # base vs xgblora vs cola vs lora (and the single-adapter control) on GLUE SST-2 and RTE from ../shared/data/glue:
 # learning rates chosen on validation cut from the training files, 3 seeds, GLUE dev as test, learning curves
-# (hours on 2 cores; resumable: finished runs and evaluations in runs/bench_quality are reused)
+# (hours on 2 cores; resumable: finished runs and evaluations in runs/bench_quality are reused), then each preset's
+# default rate by the rule over both tasks' validation accuracy
 bench-quality: $(STAMP)
 	$(PY) scripts/bench_quality.py
+	$(PY) scripts/bench_defaults.py
 
 # xgblora's sensitivity on SST-2 validation (rate, kappa, k, rank, alpha, the variants, a long run), then what a user
 # should pick: accuracy against planned 8B memory and measured step time (hours; resumable, runs shared with

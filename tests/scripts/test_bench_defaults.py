@@ -1,0 +1,39 @@
+"""The defaults rule (scripts/bench_defaults.py): worst-case relative validation accuracy over the tasks, only rates
+scored on every task, ties to the lower rate, and only the plain preset's seed-0 runs read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.scripts import load_script
+
+load_script("benchlib")  # imported by the script by its bare name
+bench_defaults = load_script("bench_defaults")
+
+
+def test_worst_relative_takes_the_smaller_ratio_over_common_rates() -> None:
+    worst = bench_defaults.worst_relative({"sst2": {1e-3: 80.0, 3e-3: 90.0, 1e-2: 50.0}, "rte": {1e-3: 60.0, 3e-3: 48.0}})
+    assert worst == pytest.approx({1e-3: min(80 / 90, 60 / 60), 3e-3: min(90 / 90, 48 / 60)})
+    assert bench_defaults.pick(worst) == 1e-3
+
+
+def test_pick_breaks_ties_to_the_lower_rate_and_needs_a_rate() -> None:
+    assert bench_defaults.pick({3e-3: 0.9, 1e-3: 0.9, 1e-2: 0.5}) == 1e-3
+    assert bench_defaults.pick({}) is None
+    assert bench_defaults.worst_relative({"sst2": {1e-3: 80.0}, "rte": {}}) == {}
+
+
+def _val(folder: Path, accuracy: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "val_acc.json").write_text(json.dumps({"tasks": {"choice": {"accuracy": accuracy}}}))
+
+
+def test_grid_scores_reads_only_the_plain_presets_seed_0(tmp_path: Path) -> None:
+    _val(tmp_path / "sst2" / "cola_lr0.001_s0", 0.835)
+    _val(tmp_path / "sst2" / "cola_lr0.003_s1", 0.9)  # another seed
+    _val(tmp_path / "sst2" / "cola_lr0.003_s0_kappa20", 0.9)  # a setting with extra keys
+    _val(tmp_path / "sst2" / "xgblora_lr0.01_s0", 0.75)  # another method
+    assert bench_defaults.grid_scores(tmp_path, "sst2", "cola") == pytest.approx({1e-3: 83.5})
