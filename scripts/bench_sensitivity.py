@@ -1,13 +1,14 @@
 """How sensitive xgblora is, on validation only: its learning rate over seeds, and kappa, k, rank, alpha, the block
 schedule and the budget around the chosen rate (GLUE SST-2 and RTE, the splits of scripts/bench_quality.py).
 
-Every run is the budget of bench_quality.py (100 steps of 8 examples) except the long one; every number is
-validation accuracy (held-out training records, label scoring), never test. Runs are shared with bench_quality.py
-(same work folder and names), so its grid's seed-0 runs are reused. The table is rewritten after every run, so
+Every run is the budget of bench_quality.py (100 steps of 8 examples) except the long ones (xgblora at ``--lr`` and,
+the equal-steps reference, lora at ``--long-lora``); every number is validation accuracy (held-out training
+records, label scoring), never test. Runs are shared with bench_quality.py (same work folder and names), so its
+grid's seed-0 runs are reused. The table is rewritten after every run, so
 what is finished is visible and an interrupted benchmark continues where it stopped.
 
     .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400]
-        [--grid 3e-3 1e-2 3e-2] [--variants kappa20 k8 ...] [--doc FILE]
+        [--long-lora 1e-3] [--grid 3e-3 1e-2 3e-2] [--variants kappa20 k8 ...] [--doc FILE]
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def parse_args() -> argparse.Namespace:
                    help="which variants, in this order (none: no rows); two runs in parallel can split them")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--long-steps", type=int, default=400, help="one run this long, scored at 8 snapshots (0: none)")
+    p.add_argument("--long-lora", type=float, default=1e-3,
+                   help="also a lora run of --long-steps at this rate, the equal-steps reference (0: none)")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -118,19 +121,20 @@ def measure(benches: dict[str, TaskBench], args: argparse.Namespace) -> list[str
     return table_lines(args, results)
 
 
-def long_curve(bench: TaskBench, args: argparse.Namespace, lines: list[str]) -> None:
-    """One xgblora run of ``--long-steps`` steps, validation accuracy at 8 snapshots."""
+def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, lines: list[str]) -> None:
+    """One ``method`` run of ``--long-steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots."""
     budget = replace(bench.budget, steps=args.long_steps)
+    label = f"{method} lr {lr:g}, {args.long_steps} steps"
     try:
-        run = train_run(bench.runner, bench.work, budget, bench.data["train"], "xgblora", args.lr, 0,
+        run = train_run(bench.runner, bench.work, budget, bench.data["train"], method, lr, 0,
                         {"train.max_steps": args.long_steps}, snapshots=8)
     except Missing:
-        lines.append(f"| {bench.budget.name} | xgblora lr {args.lr:g}, {args.long_steps} steps | not run yet | |")
+        lines.append(f"| {bench.budget.name} | {label} | not run yet | |")
         return write(args, lines)
     points = []
     for step in range(args.long_steps // 8, args.long_steps + 1, args.long_steps // 8):
         points.append(f"{step}: {accuracy(bench.runner, str(run['dir']), 'choice', bench.data['val'], run['dir'] / f'val_step{step}.json', '--step', str(step)):.1f}")
-    lines.append(f"| {bench.budget.name} | xgblora lr {args.lr:g}, {args.long_steps} steps, by step | {', '.join(points)} | seed 0 |")
+    lines.append(f"| {bench.budget.name} | {label}, by step | {', '.join(points)} | seed 0 |")
     write(args, lines)
 
 
@@ -147,8 +151,10 @@ def main() -> None:
     benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
     lines = measure(benches, args)
     if args.long_steps:
+        long_runs = [("xgblora", args.lr)] + ([("lora", args.long_lora)] if args.long_lora else [])
         for bench in benches.values():
-            long_curve(bench, args, lines)
+            for method, lr in long_runs:
+                long_curve(bench, args, method, lr, lines)
     print("\n".join(lines))
 
 
