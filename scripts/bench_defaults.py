@@ -73,7 +73,7 @@ def table(work: Path) -> str:
         picks.append(f"{method} {chosen:g} (of {len(worst)} rate{'s' * (len(worst) != 1)} scored on both)"
                      if chosen is not None else f"{method}: none scored on both yet")
         for lr in sorted(set().union(*by_task.values())):
-            cells = [f"{by_task[t][lr]:.1f}" if lr in by_task[t] else "-" for t in TASKS]
+            cells = [f"{by_task[t][lr]:.2f}" if lr in by_task[t] else "-" for t in TASKS]
             notes = [n for n, holds in (("the rule's pick", lr == chosen), ("shipped default", lr == default)) if holds]
             rate = f"**{lr:g}**" if lr == chosen else f"{lr:g}"
             lines.append(f"| {method} | {rate} | {' | '.join(cells)} | {f'{worst[lr]:.2f}' if lr in worst else '-'} | {', '.join(notes)} |")
