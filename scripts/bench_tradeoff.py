@@ -34,6 +34,7 @@ START, END = "<!-- bench_tradeoff:start -->", "<!-- bench_tradeoff:end -->"
 SETTINGS = {
     "lora (r=8, all blocks)": ("lora", 1e-3, {}, "lora"),
     "cola (r=8, all blocks, T=3)": ("cola", 3e-3, {}, "cola"),
+    "cola at its default rate (RTE's choice)": ("cola", 1e-3, {}, "cola"),
     "xgblora preset (r=1, k=4, kappa=10)": ("xgblora", 1e-2, {}, "xgblora k=4"),
     "xgblora, kappa=20": ("xgblora", 1e-2, {"steps_per_booster": 20}, "xgblora k=4"),
     "xgblora, k=8": ("xgblora", 1e-2, {"layers_per_booster": 8}, "xgblora k=8"),
