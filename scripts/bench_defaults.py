@@ -14,11 +14,10 @@ scored here and no test number enters.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from pathlib import Path
 
-from benchlib import ROOT, write_doc
+from benchlib import ROOT, recorded_accuracy, write_doc
 from xgblora_cli.recipe import PRESETS
 
 START, END = "<!-- bench_defaults:start -->", "<!-- bench_defaults:end -->"
@@ -42,7 +41,7 @@ def grid_scores(work: Path, task: str, method: str) -> dict[float, float]:
     for result in sorted((work / task).glob(f"{method}_lr*_s0/val_acc.json")):
         match = pattern.match(result.parent.name)
         if match:
-            scores[float(match.group(1))] = 100 * next(iter(json.loads(result.read_text())["tasks"].values()))["accuracy"]
+            scores[float(match.group(1))] = recorded_accuracy(result)
     return scores
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from benchlib import ROOT, Missing, Runner, run_name, save_figure, step_seconds, step_times_file, write_doc
+from benchlib import ROOT, Missing, Runner, recorded_accuracy, run_name, save_figure, step_seconds, step_times_file, write_doc
 
 START, END = "<!-- bench_tradeoff:start -->", "<!-- bench_tradeoff:end -->"
 # name: (preset or "control", learning rate, extra recipe keys, per-step configuration)
@@ -62,7 +62,7 @@ def scores(work: Path, task: str, method: str, lr: float, extra: dict, kind: str
     for seed in range(5):
         result = work / task / run_name(method, lr, seed, extra or None) / f"{kind}_acc.json"
         if result.is_file():
-            found.append(100 * next(iter(json.loads(result.read_text())["tasks"].values()))["accuracy"])
+            found.append(recorded_accuracy(result))
     return found
 
 

@@ -147,6 +147,11 @@ def accuracy(runner: Runner, target: str, task: str, data: Path, result: Path, *
     return 100 * json.loads(result.read_text())["tasks"][task]["accuracy"]
 
 
+def recorded_accuracy(result: Path) -> float:
+    """Accuracy (%) in an ``xgblora eval --output`` file of one task, whichever task it names."""
+    return 100 * next(iter(json.loads(result.read_text())["tasks"].values()))["accuracy"]
+
+
 def spread(values: list[float], digits: int = 1) -> str:
     """``mean ± standard deviation`` (just the mean for one value)."""
     mean = statistics.mean(values)
