@@ -46,7 +46,9 @@ from xgblora_cli.runtime import pick_device
 from xgblora_cli.train import make_optimizer
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = {"xgblora": [], "lora r=32": ["method=lora", "rank=32", "layers_per_booster=all", "steps_per_booster=null"]}
+METHODS = {"xgblora": [], "lora r=32": ["method=lora", "rank=32", "layers_per_booster=all", "steps_per_booster=null"],
+           "lora": ["method=lora"], "cola": ["method=cola"]}
+"""Each measured setting: the recipe's overrides. ``lora`` and ``cola`` are the presets as shipped (r=8 on all blocks)."""
 
 
 def build_model(shapes: Path, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -108,6 +110,15 @@ def measure(model, recipe, device: torch.device, steps: int) -> dict:
             "planned_components": planned["components"]}
 
 
+def report_line(name: str, r: dict) -> str:
+    """One printed line: step time, measured peak and the plan beside it."""
+    peak = r["peak_allocated_bytes"]
+    ratio = f"{r['planned_without_runtime_bytes'] / peak:.3f}" if peak else "-"
+    return (f"{name:>16}: step {r['median_step_s']:.3f} s (lowest blocks {r['lowest_blocks']}), peak allocated "
+            f"{(peak or 0) / GIB:.2f} GiB, plan {r['planned_peak_bytes'] / GIB:.2f} GiB with {CUDA_RUNTIME / GIB:.2f} runtime "
+            f"(plan without runtime / measured = {ratio})")
+
+
 def merge_times(device: str, repeats: int) -> str:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_merge.py"), "--device", device, "--boosters", "1,1000",
                            "--repeats", str(repeats)], capture_output=True, text=True, cwd=ROOT)
@@ -120,7 +131,8 @@ def main() -> None:
     p.add_argument("--shapes", type=Path, default=ROOT / "recipes" / "shapes" / "llama3-8b")
     p.add_argument("--device", default="cuda")
     p.add_argument("--steps", type=int, default=5)
-    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--seq", type=int, default=512, help="tokens per sequence of the first (reported) measurement")
+    p.add_argument("--more-seqs", default="", help="comma-separated further sequence lengths, each measured the same way")
     p.add_argument("--skip-merge", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args()
@@ -128,15 +140,15 @@ def main() -> None:
     dtype = torch.bfloat16
     model = build_model(args.shapes, device, dtype)
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "methods": {}}
-    for name, overrides in METHODS.items():
-        recipe = load_recipe(args.recipe, [f"model={args.shapes}", f"train.max_seq_len={args.seq}", "dtype=bfloat16", *overrides])
-        r = measure(model, recipe, device, args.steps)
-        results["methods"][name] = r
-        peak = r["peak_allocated_bytes"]
-        ratio = f"{r['planned_without_runtime_bytes'] / peak:.3f}" if peak else "-"
-        print(f"{name:>10}: step {r['median_step_s']:.3f} s (lowest blocks {r['lowest_blocks']}), peak allocated "
-              f"{(peak or 0) / GIB:.2f} GiB, plan {r['planned_peak_bytes'] / GIB:.2f} GiB with {CUDA_RUNTIME / GIB:.2f} runtime "
-              f"(plan without runtime / measured = {ratio})", flush=True)
+    seqs = [args.seq, *[int(v) for v in args.more_seqs.split(",") if v]]
+    results["by_seq"] = {}
+    for seq in seqs:
+        runs = results["by_seq"][str(seq)] = {}
+        for name, overrides in METHODS.items():
+            recipe = load_recipe(args.recipe, [f"model={args.shapes}", f"train.max_seq_len={seq}", "dtype=bfloat16", *overrides])
+            runs[name] = r = measure(model, recipe, device, args.steps)
+            print(report_line(f"{name} @{seq}", r), flush=True)
+    results["methods"] = results["by_seq"][str(args.seq)]
     x, lora = results["methods"]["xgblora"], results["methods"]["lora r=32"]
     results["step_ratio_xgblora_vs_lora32"] = x["median_step_s"] / lora["median_step_s"]
     del model
