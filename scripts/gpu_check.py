@@ -106,18 +106,30 @@ def measure(model, recipe, device: torch.device, steps: int) -> dict:
         engine.finish(booster)
         del optimizer, booster, loss
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
     planned = estimate(recipe, plan, model_shape(model, find_blocks(model)), trainable_per_booster(targets, plan), str(device))
-    return {"median_step_s": statistics.median(times), "step_s": times, "lowest_blocks": lowest, "peak_allocated_bytes": peak,
+    return {"median_step_s": statistics.median(times), "step_s": times, "lowest_blocks": lowest, "peak_allocated_bytes": peak, "peak_reserved_bytes": reserved,
             "planned_peak_bytes": planned["peak_bytes"], "planned_without_runtime_bytes": planned["peak_bytes"] - planned["components"]["runtime"],
             "planned_components": planned["components"]}
 
 
+def measure_or_oom(model, recipe, device: torch.device, steps: int) -> dict:
+    """``measure``, or ``{"oom": True}`` when the device (or ``--memory-cap-gib``) runs out of memory."""
+    try:
+        return measure(model, recipe, device, steps)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        return {"oom": True}
+
+
 def report_line(name: str, r: dict) -> str:
     """One printed line: step time, measured peak and the plan beside it."""
+    if r.get("oom"):
+        return f"{name:>16}: out of memory"
     peak = r["peak_allocated_bytes"]
     ratio = f"{r['planned_without_runtime_bytes'] / peak:.3f}" if peak else "-"
     return (f"{name:>16}: step {r['median_step_s']:.3f} s (lowest blocks {r['lowest_blocks']}), peak allocated "
-            f"{(peak or 0) / GIB:.2f} GiB, plan {r['planned_peak_bytes'] / GIB:.2f} GiB with {CUDA_RUNTIME / GIB:.2f} runtime "
+            f"{(peak or 0) / GIB:.2f} GiB (reserved {(r['peak_reserved_bytes'] or 0) / GIB:.2f}), plan {r['planned_peak_bytes'] / GIB:.2f} GiB with {CUDA_RUNTIME / GIB:.2f} runtime "
             f"(plan without runtime / measured = {ratio})")
 
 
@@ -136,11 +148,16 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=512, help="tokens per sequence of the first (reported) measurement")
     p.add_argument("--more-seqs", default="", help="comma-separated further sequence lengths, each measured the same way")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated names of METHODS to measure")
+    p.add_argument("--memory-cap-gib", type=float, default=None,
+                   help="limit this process's CUDA allocator to this many GiB (a smaller card, e.g. 22.5 for a 24 GB one)")
     p.add_argument("--skip-merge", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args()
     device = pick_device(args.device)
     dtype = torch.bfloat16
+    if args.memory_cap_gib is not None and device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gib * GIB / total), device)
     model = build_model(args.shapes, device, dtype)
     results: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "methods": {}}
     seqs = [args.seq, *[int(v) for v in args.more_seqs.split(",") if v]]
@@ -149,10 +166,10 @@ def main() -> None:
         runs = results["by_seq"][str(seq)] = {}
         for name in args.methods.split(","):
             recipe = load_recipe(args.recipe, [f"model={args.shapes}", f"train.max_seq_len={seq}", "dtype=bfloat16", *METHODS[name]])
-            runs[name] = r = measure(model, recipe, device, args.steps)
+            runs[name] = r = measure_or_oom(model, recipe, device, args.steps)
             print(report_line(f"{name} @{seq}", r), flush=True)
     results["methods"] = results["by_seq"][str(args.seq)]
-    if "xgblora" not in results["methods"] or "lora r=32" not in results["methods"]:
+    if any(results["methods"].get(name, {"oom": True}).get("oom") for name in ("xgblora", "lora r=32")):
         return write(results, args.out)
     x, lora = results["methods"]["xgblora"], results["methods"]["lora r=32"]
     results["step_ratio_xgblora_vs_lora32"] = x["median_step_s"] / lora["median_step_s"]

@@ -48,12 +48,12 @@ def _worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> No
 
 
 def test_two_ranks_merge_identically_and_match_one_process(tmp_path: Path, tiny_model_dir: Path) -> None:
-    recipe_dict = tiny_recipe(tmp_path / "dp", tiny_model_dir, layers_per_booster=2, steps_per_booster=3, train=TRAIN)
+    recipe_dict = tiny_recipe(tmp_path / "dp", tiny_model_dir, device="cpu", layers_per_booster=2, steps_per_booster=3, train=TRAIN)
     (tmp_path / "dp").mkdir()
     mp.spawn(_worker, args=(2, free_port(), recipe_dict, str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
 
-    setup, run = train_in_memory(tiny_recipe(tmp_path / "one", tiny_model_dir, layers_per_booster=2, steps_per_booster=3, train=TRAIN))
+    setup, run = train_in_memory(tiny_recipe(tmp_path / "one", tiny_model_dir, device="cpu", layers_per_booster=2, steps_per_booster=3, train=TRAIN))
     reference = final_weights(setup.model)
 
     base = final_weights(load_model(tiny_model_dir, "float32"))
@@ -73,7 +73,7 @@ def test_two_ranks_merge_identically_and_match_one_process(tmp_path: Path, tiny_
 
 def test_torchrun_launch_writes_one_run(tmp_path: Path, tiny_model_dir: Path) -> None:
     """The documented launcher: torchrun -m xgblora_cli train; the result merges like a one-process run."""
-    recipe = write_recipe(tmp_path / "r.yaml", **tiny_recipe(tmp_path, tiny_model_dir, train=TRAIN))
+    recipe = write_recipe(tmp_path / "r.yaml", **tiny_recipe(tmp_path, tiny_model_dir, device="cpu", train=TRAIN))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "xgblora_cli", "train", str(recipe), "--no-progress"]
@@ -86,7 +86,7 @@ def test_torchrun_launch_writes_one_run(tmp_path: Path, tiny_model_dir: Path) ->
     assert [b.index for b in boosters] == [0, 1]
 
     single_dir = tmp_path / "single"
-    start_run(recipe_from_dict({**tiny_recipe(tmp_path, tiny_model_dir, train=TRAIN), "output_dir": str(single_dir)}, "r.yaml"),
+    start_run(recipe_from_dict({**tiny_recipe(tmp_path, tiny_model_dir, device="cpu", train=TRAIN), "output_dir": str(single_dir)}, "r.yaml"),
               "r.yaml", progress=False)
     for dp, one in zip(boosters, Record(single_dir).load()):
         assert dp.blocks == one.blocks

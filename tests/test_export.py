@@ -55,6 +55,8 @@ def test_merged_folder_loads_and_matches_the_trained_model(trained, tmp_path: Pa
     loaded = AutoModelForCausalLM.from_pretrained(out)
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
     batch = BatchStream(load_tokenizer(out), load_records(str(TRAIN_DATA)), 2, PromptFormat("chat", (), 64), 0).batch(0)
+    device = next(model.parameters()).device  # the trained model stays where it trained (a GPU, where there is one)
+    batch, loaded = batch.to(device), loaded.to(device)
     with torch.no_grad():
         ours = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         theirs = loaded(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits

@@ -58,7 +58,7 @@ def test_quantized_base_and_checkpointing_shrink_their_components() -> None:
 def test_train_refuses_a_run_that_cannot_fit(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
     monkeypatch.setattr("xgblora_cli.runner.device_memory", lambda device: 64 * 2**20)  # a 64 MiB device
     recipe = recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir, train={"batch_size": 64, "max_seq_len": 512}), "r.yaml")
-    with pytest.raises(UserError, match=r"r.yaml: the memory plan does not fit cpu: .* GiB needed \(.*\) of 0.1 GiB; .* --no-memory-check"):
+    with pytest.raises(UserError, match=r"r.yaml: the memory plan does not fit (cpu|cuda:\d+): .* GiB needed \(.*\) of 0.1 GiB; .* --no-memory-check"):
         start_run(recipe, "r.yaml", progress=False)
     assert not (tmp_path / "run").exists()
     start_run(recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir), "r.yaml"), "r.yaml", progress=False, memory_check=False)

@@ -15,12 +15,24 @@ from xgblora_cli.runtime import Ranks, init_from_env, pick_device, seeded_genera
 
 def test_device_choice() -> None:
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(UserError, match="device: must be auto, cpu, cuda or cuda:N, got 'gpu'"):
         pick_device("gpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="this torch has no CUDA device"):
             pick_device("cuda")
+
+
+def test_more_ranks_than_gpus_is_one_clear_line(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("auto", 0) == torch.device("cuda", 0)
+    with pytest.raises(UserError, match=r"device: 'auto': process with local rank 1 takes cuda:1, but this machine has 1 CUDA "
+                                        r"device\(s\); start at most 1 per machine \(torchrun --nproc_per_node 1\) or set device: cpu"):
+        pick_device("auto", 1)
+    with pytest.raises(UserError, match=r"device: 'cuda:2': this machine has 1 CUDA device\(s\), cuda:0 to cuda:0"):
+        pick_device("cuda:2")
+    assert pick_device("cpu", 3) == torch.device("cpu")
 
 
 def test_seeded_generators_depend_on_position_only() -> None:

@@ -48,12 +48,12 @@ def _worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> No
 
 
 def test_two_sharded_ranks_equal_one_process(tmp_path: Path, tiny_model_dir: Path) -> None:
-    recipe_dict = tiny_recipe(tmp_path / "fsdp", tiny_model_dir, layers_per_booster=2, steps_per_booster=3, train=TRAIN)
+    recipe_dict = tiny_recipe(tmp_path / "fsdp", tiny_model_dir, device="cpu", layers_per_booster=2, steps_per_booster=3, train=TRAIN)
     (tmp_path / "fsdp").mkdir()
     mp.spawn(_worker, args=(2, free_port(), recipe_dict, str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
 
-    setup, run = train_in_memory(tiny_recipe(tmp_path / "one", tiny_model_dir, layers_per_booster=2, steps_per_booster=3,
+    setup, run = train_in_memory(tiny_recipe(tmp_path / "one", tiny_model_dir, device="cpu", layers_per_booster=2, steps_per_booster=3,
                                              train={**TRAIN, "sharding": "none"}))
     reference = {n: p.detach() for n, p in setup.model.named_parameters()}
     touched = {name for b in Record(run.path).load() for name in b.factors}
@@ -90,8 +90,8 @@ def test_torchrun_sharded_launch_and_resume_after_a_kill(quantization: str, tmp_
                               cwd=ROOT, timeout=600)
 
     fields = dict(train=TRAIN, quantization=quantization)
-    straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "a"), **fields))
-    killed = write_recipe(tmp_path / "b.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "b"), **fields))
+    straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, device="cpu", output_dir=str(tmp_path / "a"), **fields))
+    killed = write_recipe(tmp_path / "b.yaml", **tiny_recipe(tmp_path, tiny_model_dir, device="cpu", output_dir=str(tmp_path / "b"), **fields))
     done = launch(straight)
     assert done.returncode == 0, done.stderr[-3000:]
     assert RunDir(tmp_path / "a").info()["status"] == "complete"
@@ -145,7 +145,7 @@ def test_a_sharded_4bit_base_trains_like_one_process_on_its_dequantized_values(t
     model_dir = save_tiny_model(tmp_path / "wide", hidden=64)
     plain_dir, names = _dequantized_copy(model_dir, tmp_path / "dequantized", 2)
     assert len(names) == 4 * 7  # every linear layer of the 4 blocks
-    recipe = tiny_recipe(tmp_path / "nf4", model_dir, layers_per_booster=2, steps_per_booster=3, quantization="4bit", train=TRAIN)
+    recipe = tiny_recipe(tmp_path / "nf4", model_dir, device="cpu", layers_per_booster=2, steps_per_booster=3, quantization="4bit", train=TRAIN)
     (tmp_path / "nf4").mkdir()
     mp.spawn(_nf4_worker, args=(2, free_port(), recipe, str(tmp_path)), nprocs=2, join=True)
     codes = [torch.load(tmp_path / f"codes{rank}.pt") for rank in (0, 1)]
@@ -153,7 +153,7 @@ def test_a_sharded_4bit_base_trains_like_one_process_on_its_dequantized_values(t
     for rank in (0, 1):
         assert all(local == numel // 2 // 2 for local, numel in codes[rank].values())  # 2 codes a byte, half the rows
 
-    _, one = train_in_memory(tiny_recipe(tmp_path / "one", plain_dir, layers_per_booster=2, steps_per_booster=3,
+    _, one = train_in_memory(tiny_recipe(tmp_path / "one", plain_dir, device="cpu", layers_per_booster=2, steps_per_booster=3,
                                          train={**TRAIN, "sharding": "none"}))
     sharded, single = Record(tmp_path / "nf4" / "run").load(), Record(one.path).load()
     assert len(sharded) == len(single) == 2 and any(name in names for b in sharded for name in b.factors)

@@ -35,16 +35,22 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` is CUDA when there is one (data-parallel rank r takes GPU ``local_rank``), else the CPU."""
     if not DEVICE.match(spec):
         raise UserError(f"device: must be auto, cpu, cuda or cuda:N, got {spec!r}")
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UserError(f"device: '{spec}' asked for, but this torch has no CUDA device (use device: cpu or auto)")
-        index = int(spec.split(":")[1]) if ":" in spec else local_rank
-        if index >= torch.cuda.device_count():
-            raise UserError(f"device: '{spec}': only {torch.cuda.device_count()} CUDA devices here")
+    wanted = "cuda" if spec == "auto" and torch.cuda.is_available() else spec
+    if wanted == "auto" or wanted == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(f"device: '{spec}' asked for, but this torch has no CUDA device (use device: cpu or auto)")
+    count = torch.cuda.device_count()
+    if ":" in wanted:
+        index = int(wanted.split(":")[1])
+        if index >= count:
+            raise UserError(f"device: '{spec}': this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
         return torch.device("cuda", index)
-    return torch.device("cpu")
+    if local_rank >= count:
+        raise UserError(f"device: '{spec}': process with local rank {local_rank} takes cuda:{local_rank}, but this machine has "
+                        f"{count} CUDA device(s); start at most {count} per machine (torchrun --nproc_per_node {count}) "
+                        "or set device: cpu")
+    return torch.device("cuda", local_rank)
 
 
 def seeded_generator(seed: int, index: int, purpose: str) -> torch.Generator:
