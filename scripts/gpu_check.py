@@ -95,9 +95,13 @@ def measure(model, recipe, device: torch.device, steps: int) -> dict:
         optimizer = make_optimizer(booster, recipe.train, recipe.learning_rate)
         synchronize(device)
         started = time.perf_counter()
-        loss, _ = causal_lm_loss(model, batch)
-        loss.backward()
-        optimizer.step()
+        try:
+            loss, _ = causal_lm_loss(model, batch)
+            loss.backward()
+            optimizer.step()
+        except torch.OutOfMemoryError:
+            engine.discard(booster)  # the model is left without adapters for the next setting
+            raise
         optimizer.zero_grad(set_to_none=True)
         synchronize(device)
         if i:
