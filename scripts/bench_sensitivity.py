@@ -8,7 +8,7 @@ records, label scoring), never test. Runs are shared with bench_quality.py (same
 grid's seed-0 runs are reused. The table is rewritten after every run, so
 what is finished is visible and an interrupted benchmark continues where it stopped.
 
-    .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400]
+    .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400 600]
         [--long-lora 1e-3] [--grid 3e-3 1e-2 3e-2] [--preset-grids cola=1e-3,3e-3 lora=1e-3] [--variants kappa20 k8 ...]
         [--doc FILE]
 """
@@ -59,14 +59,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(BUDGETS))
     p.add_argument("--lr", type=float, default=1e-2, help="the xgblora rate the variants are taken around")
     p.add_argument("--grid", type=float, nargs="*", default=[3e-3, 1e-2, 3e-2], help="rates of the xgblora preset (none: no rows)")
-    p.add_argument("--preset-grids", nargs="*", default=PRESET_GRIDS, type=preset_grid, metavar="METHOD=LR,LR",
+    p.add_argument("--preset-grids", nargs="*", default=[preset_grid(g) for g in PRESET_GRIDS], type=preset_grid,
+                   metavar="METHOD=LR,LR",
                    help="rates of the cola or lora preset, after xgblora's grid (none: no rows)")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
                    help="which variants, in this order (none: no rows); two runs in parallel can split them")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--long-steps", type=int, default=400, help="one run this long, scored at 8 snapshots (0: none)")
+    p.add_argument("--long-steps", type=int, nargs="+", default=[400],
+                   help="one run of each of these lengths, scored at 8 snapshots (0: none)")
     p.add_argument("--long-lora", type=float, default=1e-3,
-                   help="also a lora run of --long-steps at this rate, the equal-steps reference (0: none)")
+                   help="also a lora run of each --long-steps at this rate, the equal-steps reference (0: none)")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -141,18 +143,18 @@ def measure(benches: dict[str, TaskBench], args: argparse.Namespace) -> list[str
     return table_lines(args, results)
 
 
-def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, lines: list[str]) -> None:
-    """One ``method`` run of ``--long-steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots."""
-    budget = replace(bench.budget, steps=args.long_steps)
-    label = f"{method} lr {lr:g}, {args.long_steps} steps"
+def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, steps: int, lines: list[str]) -> None:
+    """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots."""
+    budget = replace(bench.budget, steps=steps)
+    label = f"{method} lr {lr:g}, {steps} steps"
     try:
         run = train_run(bench.runner, bench.work, budget, bench.data["train"], method, lr, 0,
-                        {"train.max_steps": args.long_steps}, snapshots=8)
+                        {"train.max_steps": steps}, snapshots=8)
     except Missing:
         lines.append(f"| {bench.budget.name} | {label} | not run yet | |")
         return write(args, lines)
     points = []
-    for step in range(args.long_steps // 8, args.long_steps + 1, args.long_steps // 8):
+    for step in range(steps // 8, steps + 1, steps // 8):
         points.append(f"{step}: {accuracy(bench.runner, str(run['dir']), 'choice', bench.data['val'], run['dir'] / f'val_step{step}.json', '--step', str(step)):.1f}")
     lines.append(f"| {bench.budget.name} | {label}, by step | {', '.join(points)} | seed 0 |")
     write(args, lines)
@@ -170,11 +172,11 @@ def main() -> None:
     runner = Runner(args.report_only)
     benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
     lines = measure(benches, args)
-    if args.long_steps:
-        long_runs = [("xgblora", args.lr)] + ([("lora", args.long_lora)] if args.long_lora else [])
+    long_runs = [("xgblora", args.lr)] + ([("lora", args.long_lora)] if args.long_lora else [])
+    for steps in (n for n in args.long_steps if n):
         for bench in benches.values():
             for method, lr in long_runs:
-                long_curve(bench, args, method, lr, lines)
+                long_curve(bench, args, method, lr, steps, lines)
     print("\n".join(lines))
 
 
