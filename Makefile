@@ -39,9 +39,9 @@ bench-quality: $(STAMP)
 	$(PY) scripts/bench_quality.py
 	$(PY) scripts/bench_defaults.py
 
-# xgblora's sensitivity on SST-2 validation (rate, kappa, k, rank, alpha, the variants, a long run), then what a user
-# should pick: accuracy against planned 8B memory and measured step time (hours; resumable, runs shared with
-# bench-quality)
+# xgblora's sensitivity on SST-2 validation (rate, kappa, k, rank, alpha, the variants), the cola and lora presets'
+# rates over the same seeds, long runs of 400 and 600 steps (xgblora and lora), then what a user should pick:
+# accuracy against planned 8B memory and measured step time (hours; resumable, runs shared with bench-quality)
 bench-sensitivity: $(STAMP)
 	$(PY) scripts/bench_sensitivity.py
 	$(PY) scripts/bench_tradeoff.py

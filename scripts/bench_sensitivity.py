@@ -65,7 +65,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS),
                    help="which variants, in this order (none: no rows); two runs in parallel can split them")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--long-steps", type=int, nargs="+", default=[400],
+    p.add_argument("--long-steps", type=int, nargs="+", default=[400, 600],
                    help="one run of each of these lengths, scored at 8 snapshots (0: none)")
     p.add_argument("--long-lora", type=float, default=1e-3,
                    help="also a lora run of each --long-steps at this rate, the equal-steps reference (0: none)")
