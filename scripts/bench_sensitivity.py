@@ -46,6 +46,7 @@ VARIANTS = {
     "kappa5": ("kappa = 5", {"steps_per_booster": 5}), "k2": ("k = 2", {"layers_per_booster": 2}),
     "rank2": ("rank 2", {"rank": 2}),
     "alpha1": ("alpha = 1 (scale 1)", {"alpha": 1}), "alpha8": ("alpha = 8 (scale 8)", {"alpha": 8}),
+    "k8_kappa20": ("k = 8 and kappa = 20", {"layers_per_booster": 8, "steps_per_booster": 20}),
 }
 PRESET_GRIDS = ["cola=3e-4,1e-3,3e-3,1e-2", "lora=1e-3,3e-3,1e-2"]
 """The other presets' rate rows by default: bench_quality's grids (lora's without 3e-4, which SST-2 left 6 points
