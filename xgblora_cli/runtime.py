@@ -35,14 +35,13 @@ def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     """``auto`` is CUDA when there is one (data-parallel rank r takes GPU ``local_rank``), else the CPU."""
     if not DEVICE.match(spec):
         raise UserError(f"device: must be auto, cpu, cuda or cuda:N, got {spec!r}")
-    wanted = "cuda" if spec == "auto" and torch.cuda.is_available() else spec
-    if wanted == "auto" or wanted == "cpu":
+    if spec == "cpu" or (spec == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise UserError(f"device: '{spec}' asked for, but this torch has no CUDA device (use device: cpu or auto)")
     count = torch.cuda.device_count()
-    if ":" in wanted:
-        index = int(wanted.split(":")[1])
+    if ":" in spec:
+        index = int(spec.split(":")[1])
         if index >= count:
             raise UserError(f"device: '{spec}': this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
         return torch.device("cuda", index)
