@@ -173,30 +173,29 @@ def main() -> None:
             runs[name] = r = measure_or_oom(model, recipe, device, args.steps)
             print(report_line(f"{name} @{seq}", r), flush=True)
     results["methods"] = results["by_seq"][str(args.seq)]
-    if any(results["methods"].get(name, {"oom": True}).get("oom") for name in ("xgblora", "lora r=32")):
-        return write(results, args.out)
-    x, lora = results["methods"]["xgblora"], results["methods"]["lora r=32"]
-    results["step_ratio_xgblora_vs_lora32"] = x["median_step_s"] / lora["median_step_s"]
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
     if not args.skip_merge:
         results["merge"] = merge_times(str(device), 2)
         print(results["merge"], flush=True)
-    summary = f"step_ratio_xgblora_vs_lora32={results['step_ratio_xgblora_vs_lora32']:.3f}"
+    x, lora = (results["methods"].get(name, {"oom": True}) for name in ("xgblora", "lora r=32"))
+    if not x.get("oom") and not lora.get("oom"):
+        results["step_ratio_xgblora_vs_lora32"] = x["median_step_s"] / lora["median_step_s"]
+        print(summary_line(x, lora))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2, default=str))
+
+
+def summary_line(x: dict, lora: dict) -> str:
+    """The machine-readable last line: xgblora's step against LoRA r=32's, and both peaks against the plan."""
+    summary = f"step_ratio_xgblora_vs_lora32={x['median_step_s'] / lora['median_step_s']:.3f}"
     if x["peak_allocated_bytes"]:
         summary += (f" xgblora_peak_gib={x['peak_allocated_bytes'] / GIB:.2f} lora32_peak_gib={lora['peak_allocated_bytes'] / GIB:.2f}"
                     f" plan_ratio_xgblora={x['planned_without_runtime_bytes'] / x['peak_allocated_bytes']:.3f}"
                     f" plan_ratio_lora32={lora['planned_without_runtime_bytes'] / lora['peak_allocated_bytes']:.3f}")
-    print(summary)
-    write(results, args.out)
-
-
-def write(results: dict, out: Path | None) -> None:
-    """The results as JSON at ``out`` (when given)."""
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, default=str))
+    return summary
 
 
 if __name__ == "__main__":
