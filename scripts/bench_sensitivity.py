@@ -8,6 +8,11 @@ records, label scoring), never test. Runs are shared with bench_quality.py (same
 grid's seed-0 runs are reused. The table is rewritten after every run, so
 what is finished is visible and an interrupted benchmark continues where it stopped.
 
+The table is also its own record: a number it already shows, for a row and seed whose run is not in the work folder
+(a clean clone, where runs/ is empty), is kept with ``--report-only`` instead of becoming "not run yet", so new
+seeds or rows can be added to a table measured elsewhere. ``--fresh`` drops those numbers (after a change to the
+budget or the data, which the labels do not show).
+
     .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400 600]
         [--long-lora 1e-3] [--grid 3e-3 1e-2 3e-2] [--preset-grids cola=1e-3,3e-3 lora=1e-3] [--variants kappa20 k8 ...]
         [--doc FILE]
@@ -16,6 +21,7 @@ what is finished is visible and an interrupted benchmark continues where it stop
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import statistics
 import sys
@@ -75,6 +81,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--lrs", nargs="*", default=[])
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--fresh", action="store_true",
+                   help="with --report-only, leave out the numbers the table already shows whose runs are not here")
     return p.parse_args()
 
 
@@ -87,6 +95,34 @@ def preset_grid(text: str) -> tuple[str, list[float]]:
         return method, [float(v) for v in rates.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: the rates must be numbers, e.g. lora=1e-3,3e-3") from None
+
+
+Shown = tuple[dict[tuple[str, str], dict[int, float]], dict[tuple[str, str], str]]
+"""What a table shows: per (task, row label) the accuracy by seed, and per (task, long run's label) its finished line."""
+
+
+def shown(table: str, sizes: dict[str, int]) -> Shown:
+    """Parse a table this script wrote (the text between its markers): the seeds come from its caption's
+    ``seeds 0 1 2.``; a row's ``by seed`` cells are matched to them in order, ``-`` and "not run yet" rows are
+    skipped, and a long run's line (``..., by step``) is kept whole. ``sizes``: each task's validation records, to
+    undo the cells' rounding to 0.1 (a score is a whole number of records: 84.2 of 400 is 337, 84.25%), so that
+    means and shifts come out as they did from the runs."""
+    found = re.search(r"seeds ((?:\d+ ?)+)\.", table)
+    seeds = [int(s) for s in found.group(1).split()] if found else []
+    accs: dict[tuple[str, str], dict[int, float]] = {}
+    long_lines: dict[tuple[str, str], str] = {}
+    for line in table.splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) != 4 or cols[0] in ("task", "---") or cols[2] == "not run yet":
+            continue
+        task, label, _, by_seed = cols
+        if label.endswith(", by step"):
+            long_lines[(task, label.removesuffix(", by step"))] = line
+            continue
+        n = sizes.get(task)
+        accs[(task, label)] = {seed: float(a) if n is None else 100 * (round(float(a) * n / 100) / n)
+                               for seed, a in zip(seeds, by_seed.split()) if a != "-"}
+    return accs, long_lines
 
 
 def val(bench: TaskBench, method: str, lr: float, seed: int, extra: dict | None = None) -> float | None:
@@ -132,27 +168,31 @@ def table_lines(args: argparse.Namespace, results: dict[tuple[str, str], dict[in
     return lines
 
 
-def measure(benches: dict[str, TaskBench], args: argparse.Namespace) -> list[str]:
+def measure(benches: dict[str, TaskBench], args: argparse.Namespace, before: Shown) -> list[str]:
     """Every row's validation accuracy, seed-major (every row with the first seed before any with the second), the
-    table rewritten after each run; returns the table's lines."""
+    table rewritten after each run; a number that cannot be measured here (``--report-only``, run not in the work
+    folder) is the one ``before`` shows, if any. Returns the table's lines."""
     results: dict[tuple[str, str], dict[int, float | None]] = {}
     for seed in args.seeds:
         for task, bench in benches.items():
             for label, method, lr, extra in settings(args):
-                results.setdefault((task, label), {})[seed] = val(bench, method, lr, seed, extra)
+                acc = val(bench, method, lr, seed, extra)
+                results.setdefault((task, label), {})[seed] = before[0].get((task, label), {}).get(seed) if acc is None else acc
                 write(args, table_lines(args, results))
     return table_lines(args, results)
 
 
-def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, steps: int, lines: list[str]) -> None:
-    """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots."""
+def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, steps: int, lines: list[str],
+               before: Shown) -> None:
+    """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots (with
+    ``--report-only`` and no run here, the line ``before`` shows, if any)."""
     budget = replace(bench.budget, steps=steps)
     label = f"{method} lr {lr:g}, {steps} steps"
     try:
         run = train_run(bench.runner, bench.work, budget, bench.data["train"], method, lr, 0,
                         {"train.max_steps": steps}, snapshots=8)
     except Missing:
-        lines.append(f"| {bench.budget.name} | {label} | not run yet | |")
+        lines.append(before[1].get((bench.budget.name, label), f"| {bench.budget.name} | {label} | not run yet | |"))
         return write(args, lines)
     points = []
     for step in range(steps // 8, steps + 1, steps // 8):
@@ -172,12 +212,15 @@ def main() -> None:
     args = parse_args()
     runner = Runner(args.report_only)
     benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
-    lines = measure(benches, args)
+    text = args.doc.read_text() if args.doc.is_file() else ""
+    sizes = {task: len(bench.data["val"].read_text().splitlines()) for task, bench in benches.items()}
+    before: Shown = ({}, {}) if args.fresh or START not in text else shown(text.split(START, 1)[1].split(END, 1)[0], sizes)
+    lines = measure(benches, args, before)
     long_runs = [("xgblora", args.lr)] + ([("lora", args.long_lora)] if args.long_lora else [])
     for steps in (n for n in args.long_steps if n):
         for bench in benches.values():
             for method, lr in long_runs:
-                long_curve(bench, args, method, lr, steps, lines)
+                long_curve(bench, args, method, lr, steps, lines, before)
     print("\n".join(lines))
 
 

@@ -29,3 +29,41 @@ def test_rows_keep_their_method_and_order() -> None:
         ("xgblora lr 0.01", "xgblora", 1e-2), ("lora lr 0.001", "lora", 1e-3), ("lora lr 0.003", "lora", 3e-3),
         ("cola lr 0.001", "cola", 1e-3), ("k = 8, lr 0.01", "xgblora", 1e-2)]
     assert rows[-1][3] == {"layers_per_booster": 8} and rows[0][3] is None
+
+
+TABLE = """Command: `python scripts/bench_sensitivity.py --seeds 0 1 2`; validation accuracy (%), seeds 0 1 2.
+
+| task | setting | validation accuracy, mean ± sd (vs the preset at the rate, same seeds) | by seed |
+|---|---|---|---|
+| sst2 | xgblora lr 0.01 | 73.6 ± 6.5 | 75.0 79.2 66.5 |
+| sst2 | k = 8, lr 0.01 | 80.8 ± 2.2 (+7.2) | 80.8 - 78.5 |
+| rte | kappa = 5, lr 0.01 | not run yet | |
+| sst2 | xgblora lr 0.01, 400 steps, by step | 50: 58.0, 100: 51.7 | seed 0 |
+"""
+
+
+def test_shown_reads_each_seed_undoes_the_rounding_and_keeps_long_lines_whole() -> None:
+    accs, long_lines = bench_sensitivity.shown(TABLE, {"sst2": 400})
+    assert accs == {("sst2", "xgblora lr 0.01"): {0: 75.0, 1: 79.25, 2: 66.5},
+                    ("sst2", "k = 8, lr 0.01"): {0: 80.75, 2: 78.5}}  # 79.2 of 400 records is 317, 79.25%
+    assert long_lines == {("sst2", "xgblora lr 0.01, 400 steps"): TABLE.splitlines()[-1]}
+    assert bench_sensitivity.shown(TABLE, {})[0][("sst2", "xgblora lr 0.01")][1] == 79.2  # size unknown: as shown
+
+
+def test_report_only_keeps_what_the_table_showed_when_the_runs_are_not_here(tmp_path) -> None:
+    """A clean clone (empty work folder) regenerating the table loses no number, and adds none."""
+    runner = bench_sensitivity.Runner(report_only=True)
+    budget = bench_sensitivity.BUDGETS["sst2"]
+    bench = argparse.Namespace(runner=runner, work=tmp_path / "work", budget=budget,
+                               data={"train": tmp_path / "train.jsonl", "val": tmp_path / "val.jsonl"})
+    (bench.work / "sst2").mkdir(parents=True)
+    doc = tmp_path / "benchmarks.md"
+    args = argparse.Namespace(tasks=["sst2"], seeds=[0, 1, 2], grid=[1e-2], preset_grids=[], lr=1e-2,
+                              variants=["k8", "kappa5"], doc=doc)
+    before = bench_sensitivity.shown(TABLE, {"sst2": 400})
+    lines = bench_sensitivity.measure({"sst2": bench}, args, before)
+    assert lines[0] == "| sst2 | xgblora lr 0.01 | 73.6 ± 6.5 | 75.0 79.2 66.5 |"
+    assert lines[1].startswith("| sst2 | k = 8, lr 0.01 | 79.6 ± 1.6 (+8.9) | 80.8 - 78.5 |")  # shift on seeds 0, 2
+    assert lines[2] == "| sst2 | kappa = 5, lr 0.01 | not run yet | |"
+    table = doc.read_text().split(bench_sensitivity.START)[1].split(bench_sensitivity.END)[0]
+    assert bench_sensitivity.shown(table, {"sst2": 400})[0] == before[0]
