@@ -17,7 +17,7 @@ import argparse
 import re
 from pathlib import Path
 
-from benchlib import ROOT, recorded_accuracy, write_doc
+from benchlib import ROOT, recorded_accuracy, require_runs, write_doc
 from xgblora_cli.recipe import PRESETS
 
 START, END = "<!-- bench_defaults:start -->", "<!-- bench_defaults:end -->"
@@ -82,6 +82,7 @@ def table(work: Path) -> str:
 
 def main() -> None:
     args = parse_args()
+    require_runs(args.work, args.doc)
     body = f"Command: `python scripts/bench_defaults.py` (reads the runs of `scripts/bench_quality.py`; validation only).\n\n{table(args.work)}"
     write_doc(args.doc, body, START, END)
     print(body)

@@ -37,6 +37,7 @@ from benchlib import (
     TaskBudget,
     accuracy,
     cut_glue,
+    require_runs,
     save_figure,
     spread,
     step_times_file,
@@ -249,6 +250,8 @@ def plot_curves(results: dict[str, dict], cost: dict[str, float], out: Path) -> 
 
 def main() -> None:
     args = parse_args()
+    if args.report_only:
+        require_runs(args.work, args.doc)
     runner = Runner(args.report_only)
     started = time.perf_counter()
     sections, results, unfinished, loss_runs = [], {}, [], []

@@ -27,7 +27,18 @@ from pathlib import Path
 
 import yaml
 
-from benchlib import ROOT, Missing, Runner, recorded_accuracy, run_name, save_figure, step_seconds, step_times_file, write_doc
+from benchlib import (
+    ROOT,
+    Missing,
+    Runner,
+    recorded_accuracy,
+    require_runs,
+    run_name,
+    save_figure,
+    step_seconds,
+    step_times_file,
+    write_doc,
+)
 
 START, END = "<!-- bench_tradeoff:start -->", "<!-- bench_tradeoff:end -->"
 # name: (preset or "control", learning rate, extra recipe keys, per-step configuration)
@@ -155,6 +166,8 @@ def plot(points: list[tuple[str, float, float, float | None]], out: Path) -> Non
 
 def main() -> None:
     args = parse_args()
+    if args.report_only:
+        require_runs(args.work, args.doc)
     runner = Runner(args.report_only)
     try:
         times = step_times(args, runner)

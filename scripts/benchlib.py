@@ -126,6 +126,14 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
     return {"dir": out, "step_s": step_seconds(out), "plan": info["plan"], "trainable_per_booster": info["trainable_per_booster"]}
 
 
+def require_runs(work: Path, doc: Path) -> None:
+    """Stop with a one-line message, leaving ``doc`` as it is, when ``work`` holds no finished run (a clean clone:
+    runs/ is not in git), so that reading back nothing never overwrites a table measured elsewhere."""
+    if not any(work.glob("*/*/bench_wall_s.txt")):
+        raise SystemExit(f"no finished run in {work} (runs/ is not in git: a clean clone has none); {doc} is left as "
+                         "it is. Measure first: the benchmark without --report-only (make bench-quality).")
+
+
 def step_seconds(run_dir: Path, skip: int = 0) -> float:
     """The median seconds of one optimizer step after the first ``skip`` (warm-up), from the run's own metrics (each step's
     tokens over its tokens/s): robust to a pause or a burst of load that a run's total wall time would absorb."""

@@ -1,0 +1,20 @@
+"""What the quality benchmarks share (scripts/benchlib.py): reading back nothing never blanks a table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.scripts import load_script
+
+benchlib = load_script("benchlib")
+
+
+def test_require_runs_stops_on_a_work_folder_without_a_finished_run_and_names_the_doc(tmp_path: Path) -> None:
+    work, doc = tmp_path / "runs", tmp_path / "benchmarks.md"
+    (work / "sst2" / "lora_lr0.001_s0").mkdir(parents=True)  # started, not finished: no bench_wall_s.txt
+    with pytest.raises(SystemExit, match=f"no finished run in {work}.*{doc} is left as it is"):
+        benchlib.require_runs(work, doc)
+    (work / "sst2" / "lora_lr0.001_s0" / "bench_wall_s.txt").write_text("61.0\n")
+    benchlib.require_runs(work, doc)  # one finished run: the table can be read back
