@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test quickstart bench bench-quality bench-sensitivity plan-check fidelity clean
+.PHONY: install test quickstart bench bench-quality bench-sensitivity bench-dtype plan-check fidelity clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ bench-quality: $(STAMP)
 bench-sensitivity: $(STAMP)
 	$(PY) scripts/bench_sensitivity.py
 	$(PY) scripts/bench_tradeoff.py
+
+# a bf16 base against float32 on this CPU: step time (interleaved rounds, as a ratio) and SST-2 validation accuracy
+# of the xgblora and lora presets (about an hour on 2 cores; resumable, float32 runs shared with bench-quality)
+bench-dtype: $(STAMP)
+	$(PY) scripts/bench_dtype.py
 
 # xgblora plan against measured peak memory of CPU runs (about 10 minutes)
 plan-check: $(STAMP)

@@ -37,6 +37,7 @@ from benchlib import (
     save_figure,
     step_seconds,
     step_times_file,
+    timed_steps,
     write_doc,
 )
 
@@ -107,17 +108,7 @@ def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float
             if len(times.get(name, [])) > round_:
                 continue
             out = args.work / "tradeoff" / f"{name.replace(' ', '_').replace('=', '')}_r{round_}"
-            recipe = {"model": "smollm2-135m", "dataset": str(data), "output_dir": str(out), "seed": round_, **keys,
-                      "steps_per_booster": 2,
-                      "train": {"max_steps": args.steps, "batch_size": 8, "learning_rate": 1e-3, "max_seq_len": 128,
-                                "warmup_steps": 1, "checkpoint_every": args.steps}}
-            if keys["method"] != "xgblora":
-                del recipe["steps_per_booster"]
-            recipe_file = out.with_suffix(".yaml")
-            recipe_file.parent.mkdir(parents=True, exist_ok=True)
-            recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
-            runner.cli("train", str(recipe_file), "--no-progress", "--overwrite")
-            times.setdefault(name, []).append(step_seconds(out, skip=2))
+            times.setdefault(name, []).append(timed_steps(runner, out, data, keys, args.steps, round_))
             cache.write_text(json.dumps(times, indent=1))
     return times
 

@@ -142,6 +142,22 @@ def step_seconds(run_dir: Path, skip: int = 0) -> float:
     return statistics.median(steps[skip:] or steps)  # a run no longer than ``skip``: all its steps
 
 
+def timed_steps(runner: Runner, out: Path, data: Path, keys: dict, steps: int, seed: int) -> float:
+    """Median seconds of one step after the first two, of a fresh ``xgblora train`` of ``steps`` steps of the SST-2
+    budget (batch 8, at most 128 tokens, ``data``'s records) with recipe ``keys`` (``method`` and any more), written
+    to ``out``; an xgblora run draws a new booster every 2 steps, so a run covers several block draws."""
+    recipe = {"model": "smollm2-135m", "dataset": str(data), "output_dir": str(out), "seed": seed, **keys,
+              "train": {"max_steps": steps, "batch_size": 8, "learning_rate": 1e-3, "max_seq_len": 128,
+                        "warmup_steps": 1, "checkpoint_every": steps}}
+    if keys["method"] == "xgblora":
+        recipe["steps_per_booster"] = 2
+    recipe_file = out.with_suffix(".yaml")
+    recipe_file.parent.mkdir(parents=True, exist_ok=True)
+    recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    runner.cli("train", str(recipe_file), "--no-progress", "--overwrite")
+    return step_seconds(out, skip=2)
+
+
 def step_times_file(work: Path) -> Path:
     """Where scripts/bench_tradeoff.py keeps its same-run step times (per configuration, per round)."""
     return work / "tradeoff" / "step_times.json"
