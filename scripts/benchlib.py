@@ -74,9 +74,13 @@ def balanced(rows: list[dict], sizes: list[int], rng: random.Random, min_words: 
 
 
 def write_records(path: Path, task: str, rows: list[dict]) -> None:
-    """GLUE rows as LLM-Adapters training records, one JSON line each."""
+    """GLUE rows as LLM-Adapters training records, one JSON line each; an identical file is left untouched, so
+    that two benchmarks started side by side never truncate a file the other's run is reading."""
+    text = "".join(json.dumps(to_record(task, row)) + "\n" for row in rows)
+    if path.is_file() and path.read_text() == text:
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(to_record(task, row)) + "\n" for row in rows))
+    path.write_text(text)
 
 
 def cut_glue(glue_dir: Path, budget: TaskBudget) -> tuple[list[dict], list[dict]]:
