@@ -4,8 +4,10 @@ of scripts/bench_quality.py).
 
 - Step time: measured in one invocation, in interleaved rounds (every (method, dtype) once, then again), each a
   fresh ``xgblora train`` of ``--steps`` steps (batch 8, 128 tokens, a new booster every 2 steps); the median step
-  after the first two, as float32's over bfloat16's per method: above 1, bf16 is faster. It depends on the CPU:
-  bf16 matmuls are fast only with bf16 arithmetic (AMX or AVX512-BF16); the CPU's flags are printed with it.
+  after the first two, as float32's over bfloat16's per method: above 1, bf16 is faster. Each timed run is then
+  scored on ``--eval-limit`` validation questions (``xgblora eval``'s wall time, loading included), the other half
+  of a benchmark's time. It depends on the CPU: bf16 matmuls are fast only with bf16 arithmetic (AMX or
+  AVX512-BF16); the CPU's flags are printed with it.
 - Accuracy: bench_quality's budget (100 steps of 8) at each preset's shipped default rate, validation accuracy
   (held-out training records, never test). The float32 runs are bench_quality's own (same names), so they are
   reused where they exist.
@@ -23,6 +25,7 @@ import json
 import shlex
 import statistics
 import sys
+import time
 from pathlib import Path
 
 from bench_quality import BUDGETS, TaskBench
@@ -41,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds of the accuracy runs (none: step time only)")
     p.add_argument("--steps", type=int, default=8, help="steps of each timed run (the first two are not counted)")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--eval-limit", type=int, default=50, help="validation questions each timed run is scored on")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -62,8 +66,8 @@ def extra(dtype: str) -> dict | None:
 
 
 def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float]]:
-    """Median step seconds per ``method dtype`` and round (interleaved rounds), cached in the work folder; with
-    ``--report-only``, what the cache holds."""
+    """Per ``method dtype``, the median step seconds by round, and per ``method dtype eval`` the seconds of scoring
+    the round's run (interleaved rounds), cached in the work folder; with ``--report-only``, what the cache holds."""
     cache = args.work / "dtype" / "step_times.json"
     times: dict[str, list[float]] = json.loads(cache.read_text()) if cache.is_file() else {}
     if args.report_only:
@@ -76,11 +80,14 @@ def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float
                 if len(times.get(name, [])) > round_:
                     continue
                 out = args.work / "dtype" / f"{method}_{dtype}_r{round_}"
-                seconds = timed_steps(runner, out, data, {"method": method, "dtype": dtype}, args.steps, round_)
-                times.setdefault(name, []).append(seconds)
+                times.setdefault(name, []).append(timed_steps(runner, out, data, {"method": method, "dtype": dtype}, args.steps, round_))
+                started = time.perf_counter()
+                runner.cli("eval", str(out), "--task", "choice", "--data", str(args.work / "sst2" / "val.jsonl"), "--scoring",
+                           "label", "--limit", str(args.eval_limit), "--output", str(out / "eval.json"))
+                times.setdefault(f"{name} eval", []).append(time.perf_counter() - started)
                 # re-read before writing: two invocations (``--methods`` split over two processes) share the cache
                 on_disk = json.loads(cache.read_text()) if cache.is_file() else {}
-                cache.write_text(json.dumps({**on_disk, name: times[name]}, indent=1))
+                cache.write_text(json.dumps({**on_disk, name: times[name], f"{name} eval": times[f"{name} eval"]}, indent=1))
     return times
 
 
@@ -99,19 +106,22 @@ def accuracies(bench: TaskBench, args: argparse.Namespace, method: str, dtype: s
 
 def table(args: argparse.Namespace, times: dict[str, list[float]], accs: dict[str, list[float]]) -> tuple[str, dict[str, float]]:
     """The markdown table and the speed-up (float32 step over bfloat16 step, medians over rounds) per method."""
-    lines = ["| method (default rate) | dtype | s per step, by round | speed-up vs float32 | SST-2 val. accuracy | by seed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method (default rate) | dtype | s per step, by round | speed-up vs float32 | s to score (loading included), by round "
+             "| speed-up vs float32 | SST-2 val. accuracy | by seed |", "|---|---|---|---|---|---|---|---|"]
     speedups = {}
     for method in args.methods:
         fp32 = times.get(f"{method} float32")
         for dtype in DTYPES:
-            own, acc = times.get(f"{method} {dtype}"), accs.get(f"{method} {dtype}", [])
-            ratio = statistics.median(fp32) / statistics.median(own) if fp32 and own else None
-            if ratio is not None and dtype != "float32":
-                speedups[method] = ratio
-            lines.append(f"| {method} ({PRESETS[method].learning_rate:g}) | {dtype} | {' / '.join(f'{s:.2f}' for s in own or [])} "
-                         f"| {f'{ratio:.2f}x' if ratio else '-'} | {spread(acc) if acc else 'not run yet'} "
-                         f"| {' '.join(f'{a:.1f}' for a in acc)} |")
+            cells = []
+            for kind in ("", " eval"):
+                own, fp32 = times.get(f"{method} {dtype}{kind}"), times.get(f"{method} float32{kind}")
+                ratio = statistics.median(fp32) / statistics.median(own) if fp32 and own else None
+                if ratio is not None and dtype != "float32" and not kind:
+                    speedups[method] = ratio
+                cells += [" / ".join(f"{s:.2f}" for s in own or []), f"{ratio:.2f}x" if ratio else "-"]
+            acc = accs.get(f"{method} {dtype}", [])
+            lines.append(f"| {method} ({PRESETS[method].learning_rate:g}) | {dtype} | {' | '.join(cells)} "
+                         f"| {spread(acc) if acc else 'not run yet'} | {' '.join(f'{a:.1f}' for a in acc)} |")
     return "\n".join(lines), speedups
 
 
@@ -125,7 +135,7 @@ def main() -> None:
     flags = cpu_bf16_flags()
     command = "python scripts/bench_dtype.py " + shlex.join(sys.argv[1:])
     text = (f"Command: `{command.strip()}`; this CPU's bf16 arithmetic: {', '.join(flags) or 'none (bf16 is emulated)'}; "
-            f"{args.steps}-step runs, {args.rounds} interleaved rounds; validation accuracy (%) at the SST-2 budget, "
+            f"{args.steps}-step runs scored on {args.eval_limit} questions, {args.rounds} interleaved rounds; validation accuracy (%) at the SST-2 budget, "
             f"seeds {' '.join(map(str, args.seeds)) or 'none'}.\n\n{body}")
     write_doc(args.doc, text, START, END)
     print(text)
