@@ -14,8 +14,8 @@ seeds or rows can be added to a table measured elsewhere. ``--fresh`` drops thos
 budget or the data, which the labels do not show).
 
     .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400 600]
-        [--long-lora 1e-3] [--grid 3e-3 1e-2 3e-2] [--preset-grids cola=1e-3,3e-3 lora=1e-3] [--variants kappa20 k8 ...]
-        [--doc FILE]
+        [--long-lora 1e-3] [--long-xgblora 0] [--grid 3e-3 1e-2 3e-2] [--preset-grids cola=1e-3,3e-3 lora=1e-3]
+        [--variants kappa20 k8 ...] [--doc FILE]
 """
 
 from __future__ import annotations
@@ -76,6 +76,8 @@ def parse_args() -> argparse.Namespace:
                    help="one run of each of these lengths, scored at 8 snapshots (0: none)")
     p.add_argument("--long-lora", type=float, default=1e-3,
                    help="also a lora run of each --long-steps at this rate, the equal-steps reference (0: none)")
+    p.add_argument("--long-xgblora", type=float, default=None,
+                   help="the rate of xgblora's run of each --long-steps (default: --lr; 0: none, e.g. to add lora's alone)")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -201,6 +203,13 @@ def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: floa
     write(args, lines)
 
 
+def long_runs(args: argparse.Namespace) -> list[tuple[str, float]]:
+    """(method, rate) of the long runs: xgblora at ``--long-xgblora`` (default ``--lr``), then lora at ``--long-lora``;
+    a rate of 0 leaves that method out."""
+    xgblora_lr = args.lr if args.long_xgblora is None else args.long_xgblora
+    return [(method, lr) for method, lr in (("xgblora", xgblora_lr), ("lora", args.long_lora)) if lr]
+
+
 def write(args: argparse.Namespace, lines: list[str]) -> None:
     command = "python scripts/bench_sensitivity.py " + shlex.join(sys.argv[1:])
     head = ["| task | setting | validation accuracy, mean ± sd (vs the preset at the rate, same seeds) | by seed |", "|---|---|---|---|"]
@@ -216,10 +225,9 @@ def main() -> None:
     sizes = {task: len(bench.data["val"].read_text().splitlines()) for task, bench in benches.items()}
     before: Shown = ({}, {}) if args.fresh or START not in text else shown(text.split(START, 1)[1].split(END, 1)[0], sizes)
     lines = measure(benches, args, before)
-    long_runs = [("xgblora", args.lr)] + ([("lora", args.long_lora)] if args.long_lora else [])
     for steps in (n for n in args.long_steps if n):
         for bench in benches.values():
-            for method, lr in long_runs:
+            for method, lr in long_runs(args):
                 long_curve(bench, args, method, lr, steps, lines, before)
     print("\n".join(lines))
 

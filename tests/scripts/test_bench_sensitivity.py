@@ -67,3 +67,12 @@ def test_report_only_keeps_what_the_table_showed_when_the_runs_are_not_here(tmp_
     assert lines[2] == "| sst2 | kappa = 5, lr 0.01 | not run yet | |"
     table = doc.read_text().split(bench_sensitivity.START)[1].split(bench_sensitivity.END)[0]
     assert bench_sensitivity.shown(table, {"sst2": 400})[0] == before[0]
+
+
+def test_long_runs_default_to_both_and_a_zero_rate_leaves_a_method_out() -> None:
+    args = argparse.Namespace(lr=1e-2, long_xgblora=None, long_lora=1e-3)
+    assert bench_sensitivity.long_runs(args) == [("xgblora", 1e-2), ("lora", 1e-3)]
+    args.long_xgblora = 0.0  # lora's long run alone, when xgblora's is already in the table
+    assert bench_sensitivity.long_runs(args) == [("lora", 1e-3)]
+    args.long_xgblora, args.long_lora = 3e-3, 0.0
+    assert bench_sensitivity.long_runs(args) == [("xgblora", 3e-3)]
