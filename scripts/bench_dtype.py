@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from bench_quality import BUDGETS, TaskBench
-from benchlib import GLUE_DIR, ROOT, Missing, Runner, spread, timed_steps, train_run, write_doc
+from benchlib import GLUE_DIR, ROOT, Missing, Runner, require_runs, spread, timed_steps, train_run, write_doc
 
 from xgblora_cli.recipe import PRESETS
 
@@ -91,20 +91,20 @@ def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float
     return times
 
 
-def accuracies(bench: TaskBench, args: argparse.Namespace, method: str, dtype: str) -> list[float]:
-    """Validation accuracy (%) of the method's runs at its default rate, one per seed that has finished."""
-    found = []
+def accuracies(bench: TaskBench, args: argparse.Namespace, method: str, dtype: str) -> list[float | None]:
+    """Validation accuracy (%) of the method's runs at its default rate, by seed (None: not finished)."""
+    found: list[float | None] = []
     for seed in args.seeds:
         try:
             run = train_run(bench.runner, bench.work, bench.budget, bench.data["train"], method,
                             PRESETS[method].learning_rate, seed, extra(dtype))
             found.append(bench.val_acc(str(run["dir"]), run["dir"]))
         except Missing:
-            continue
+            found.append(None)
     return found
 
 
-def table(args: argparse.Namespace, times: dict[str, list[float]], accs: dict[str, list[float]]) -> tuple[str, dict[str, float]]:
+def table(args: argparse.Namespace, times: dict[str, list[float]], accs: dict[str, list[float | None]]) -> tuple[str, dict[str, float]]:
     """The markdown table and the speed-up (float32 step over bfloat16 step, medians over rounds) per method."""
     lines = ["| method (default rate) | dtype | s per step, by round | speed-up vs float32 | s to score (loading included), by round "
              "| speed-up vs float32 | SST-2 val. accuracy | by seed |", "|---|---|---|---|---|---|---|---|"]
@@ -120,13 +120,16 @@ def table(args: argparse.Namespace, times: dict[str, list[float]], accs: dict[st
                     speedups[method] = ratio
                 cells += [" / ".join(f"{s:.2f}" for s in own or []), f"{ratio:.2f}x" if ratio else "-"]
             acc = accs.get(f"{method} {dtype}", [])
+            done = [a for a in acc if a is not None]
             lines.append(f"| {method} ({PRESETS[method].learning_rate:g}) | {dtype} | {' | '.join(cells)} "
-                         f"| {spread(acc) if acc else 'not run yet'} | {' '.join(f'{a:.1f}' for a in acc)} |")
+                         f"| {spread(done) if done else 'not run yet'} | {' '.join('-' if a is None else f'{a:.1f}' for a in acc)} |")
     return "\n".join(lines), speedups
 
 
 def main() -> None:
     args = parse_args()
+    if args.report_only:
+        require_runs(args.work, args.doc)
     runner = Runner(args.report_only)
     bench = TaskBench(args, runner, BUDGETS["sst2"])
     times = step_times(args, runner)
