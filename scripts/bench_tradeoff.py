@@ -35,7 +35,6 @@ from benchlib import (
     require_runs,
     run_name,
     save_figure,
-    step_seconds,
     step_times_file,
     timed_steps,
     write_doc,
