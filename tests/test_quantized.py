@@ -112,3 +112,16 @@ def test_a_quantized_run_evaluates_as_trained(quantized_run, tiny_model_dir: Pat
     model.eval()  # bitsandbytes' 8-bit layers compute differently in train mode
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_bitsandbytes_cpu_repacking_is_turned_off_on_a_loaded_4bit_model() -> None:
+    """On an AVX512-BF16 CPU, bitsandbytes' eval forward would rewrite each 4-bit weight into a CPU-only layout in
+    place (and fail on an output size not divisible by 32, like this 16)."""
+    import bitsandbytes as bnb
+
+    from xgblora_cli.quantized import keep_standard_layout
+
+    model = nn.Sequential(bnb.nn.Linear4bit(32, 16, quant_type="nf4"), nn.Linear(16, 4))
+    model[0].support_avx512bf16_for_cpu = True  # as on such a CPU
+    keep_standard_layout(model)
+    assert model[0].support_avx512bf16_for_cpu is False

@@ -160,8 +160,10 @@ def test_a_sharded_4bit_base_trains_like_one_process_on_its_dequantized_values(t
     for a, b in zip(sharded, single):
         assert a.blocks == b.blocks and sorted(a.factors) == sorted(b.factors)
         for name, (u, v) in a.factors.items():
-            expected = b.factors[name][0] @ b.factors[name][1]  # AdamW amplifies fp32 sums in another order near 0
-            assert (u @ v - expected).norm() <= 1e-3 * expected.norm(), (a.index, name)
+            # AdamW amplifies fp32 sums in another order near 0; how much depends on the CPU's kernels (2.1e-3 of
+            # the norm seen on an AVX512 machine, under 1e-3 on AVX2 ones): a wrong dequantization is off by O(1)
+            expected = b.factors[name][0] @ b.factors[name][1]
+            assert (u @ v - expected).norm() <= 5e-3 * expected.norm(), (a.index, name)
 
 
 def test_nf4_shards_hold_whole_blocks_and_scale_groups() -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from xgblora_cli.errors import UserError, first_line
-from xgblora_cli.quantized import bnb_config
+from xgblora_cli.quantized import bnb_config, keep_standard_layout
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -52,6 +52,8 @@ def load_model(
         raise UserError(f"model '{model_dir}': could not be loaded{_remote_hint(err)}: {first_line(err)}") from None
     model.requires_grad_(False)
     model.config.use_cache = False
+    if quantized is not None:
+        keep_standard_layout(model)
     return model if quantized is not None else model.to(device)
 
 

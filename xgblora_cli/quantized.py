@@ -49,6 +49,15 @@ def is_quantized(module: nn.Module) -> bool:
     return type(getattr(weight, "_local_tensor", weight)).__name__ == "NF4Tensor"
 
 
+def keep_standard_layout(model: nn.Module) -> None:
+    """Turn off bitsandbytes' CPU repacking of 4-bit weights. On a CPU with AVX512-BF16 its eval-time forward
+    rewrites each weight in place into a CPU-only layout (and fails on an output size not divisible by 32); the
+    weights and quantization states are then no longer the ones that loaded, saved or dequantized elsewhere."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
 def linear_shape(module: nn.Module) -> tuple[int, int]:
     """``(d_out, d_in)`` of a linear layer, quantized (packed weight) or not."""
     return module.out_features, module.in_features
