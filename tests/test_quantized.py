@@ -121,7 +121,7 @@ def test_bitsandbytes_cpu_repacking_is_turned_off_on_a_loaded_4bit_model() -> No
 
     from xgblora_cli.quantized import keep_standard_layout
 
-    model = nn.Sequential(bnb.nn.Linear4bit(32, 16, quant_type="nf4"), nn.Linear(16, 4))
+    model = torch.nn.Sequential(bnb.nn.Linear4bit(32, 16, quant_type="nf4"), torch.nn.Linear(16, 4))
     model[0].support_avx512bf16_for_cpu = True  # as on such a CPU
     keep_standard_layout(model)
     assert model[0].support_avx512bf16_for_cpu is False
