@@ -110,7 +110,6 @@ def table(args: argparse.Namespace, times: dict[str, list[float]], accs: dict[st
              "| speed-up vs float32 | SST-2 val. accuracy | by seed |", "|---|---|---|---|---|---|---|---|"]
     speedups = {}
     for method in args.methods:
-        fp32 = times.get(f"{method} float32")
         for dtype in DTYPES:
             cells = []
             for kind in ("", " eval"):
