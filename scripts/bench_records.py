@@ -15,10 +15,9 @@ never given (a new snapshot, a new split) needs the run trained again (delete it
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from benchlib import ROOT
+from benchlib import ROOT, run_status
 
 from xgblora_cli.fsutil import atomic_write_bytes
 
@@ -42,8 +41,7 @@ def kept(path: Path) -> bool:
 
 def unfinished(folder: Path) -> bool:
     """A run that has started and not completed (its ``run.json`` says so): nothing of it is recorded yet."""
-    info = folder / "run.json"
-    return info.is_file() and json.loads(info.read_text()).get("status") != "complete"
+    return run_status(folder) not in (None, "complete")
 
 
 def recorded_files(work: Path) -> list[Path]:

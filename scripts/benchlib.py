@@ -119,8 +119,7 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
     for key, value in (extra or {}).items():
         apply_override(recipe, f"{key}={value}")
     info_file, timing = out / "run.json", out / "bench_wall_s.txt"
-    done = info_file.is_file() and json.loads(info_file.read_text()).get("status") == "complete"
-    if not done or not timing.is_file():
+    if run_status(out) != "complete" or not timing.is_file():
         recipe_file = work / budget.name / f"{out.name}.yaml"
         recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
         started = time.perf_counter()
@@ -128,6 +127,12 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
         timing.write_text(f"{time.perf_counter() - started:.1f}\n")
     info = json.loads(info_file.read_text())
     return {"dir": out, "step_s": step_seconds(out), "plan": info["plan"], "trainable_per_booster": info["trainable_per_booster"]}
+
+
+def run_status(folder: Path) -> str | None:
+    """The ``status`` a run folder's ``run.json`` records (``running``, ``complete``, ...); None without one."""
+    info = folder / "run.json"
+    return json.loads(info.read_text()).get("status") if info.is_file() else None
 
 
 def require_runs(work: Path, doc: Path) -> None:
