@@ -52,9 +52,10 @@ def load_model(
         raise UserError(f"model '{model_dir}': could not be loaded{_remote_hint(err)}: {first_line(err)}") from None
     model.requires_grad_(False)
     model.config.use_cache = False
-    if quantized is not None:
-        keep_standard_layout(model)
-    return model if quantized is not None else model.to(device)
+    if quantized is None:
+        return model.to(device)
+    keep_standard_layout(model)
+    return model
 
 
 def load_skeleton(model_dir: Path, trust_remote_code: bool = False) -> nn.Module:
