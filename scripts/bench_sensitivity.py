@@ -8,6 +8,10 @@ records, label scoring), never test. Runs are shared with bench_quality.py (same
 grid's seed-0 runs are reused. The table is rewritten after every run, so
 what is finished is visible and an interrupted benchmark continues where it stopped.
 
+An invocation adds to the table, it does not replace it: each rewrite reads the table as it stands in ``--doc`` and
+keeps the rows, seeds and long runs this invocation does not cover. So a benchmark split over processes (by
+``--seeds``, ``--tasks``, ``--variants``) can share one ``--doc``, each adding its rows.
+
 The table is also its own record: a number it already shows, for a row and seed whose run is not in the work folder
 (a clean clone, where runs/ is empty), is kept with ``--report-only`` instead of becoming "not run yet", so new
 seeds or rows can be added to a table measured elsewhere. ``--fresh`` drops those numbers (after a change to the
@@ -54,18 +58,25 @@ VARIANTS = {
     "alpha1": ("alpha = 1 (scale 1)", {"alpha": 1}), "alpha8": ("alpha = 8 (scale 8)", {"alpha": 8}),
     "k8_kappa20": ("k = 8 and kappa = 20", {"layers_per_booster": 8, "steps_per_booster": 20}),
 }
+XGBLORA_GRID = [3e-3, 1e-2, 3e-2]
 PRESET_GRIDS = ["cola=3e-4,1e-3,3e-3,1e-2", "lora=1e-3,3e-3,1e-2"]
 """The other presets' rate rows by default: bench_quality's grids (lora's without 3e-4, which SST-2 left 6 points
 behind at seed 0)."""
 Row = tuple[str, str, float, dict | None]
 """(the table's label, method, learning rate, extra recipe keys or None)."""
+Results = dict[tuple[str, str], dict[int, "float | None"]]
+"""Per (task, row label) the validation accuracy by seed (None: not run yet)."""
+GRID_LABEL = re.compile(r"(xgblora|cola|lora) lr \S+")
+"""A rate row's label (no shift against the preset); every other row is a change around the preset."""
+VAL_SIZES = {name: 2 * budget.val for name, budget in BUDGETS.items()}
+"""Validation records per task: ``val`` per class, and both tasks are binary."""
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(BUDGETS))
     p.add_argument("--lr", type=float, default=1e-2, help="the xgblora rate the variants are taken around")
-    p.add_argument("--grid", type=float, nargs="*", default=[3e-3, 1e-2, 3e-2], help="rates of the xgblora preset (none: no rows)")
+    p.add_argument("--grid", type=float, nargs="*", default=XGBLORA_GRID, help="rates of the xgblora preset (none: no rows)")
     p.add_argument("--preset-grids", nargs="*", default=[preset_grid(g) for g in PRESET_GRIDS], type=preset_grid,
                    metavar="METHOD=LR,LR",
                    help="rates of the cola or lora preset, after xgblora's grid (none: no rows)")
@@ -156,51 +167,64 @@ def settings(args: argparse.Namespace) -> list[Row]:
             + [(f"{label}, lr {args.lr:g}", "xgblora", args.lr, extra) for label, extra in map(VARIANTS.get, args.variants)])
 
 
-def table_lines(args: argparse.Namespace, results: dict[tuple[str, str], dict[int, float | None]]) -> list[str]:
-    """One table line per (task, row) measured so far; shifts are against the preset at ``--lr`` on the same
-    seeds (the mean of the per-seed differences)."""
+def row_order(args: argparse.Namespace, results: Results) -> list[tuple[str, str]]:
+    """The (task, label) rows of ``results`` in one order whatever the invocation: tasks as in ``BUDGETS``; rows as
+    the default invocation lists them at ``--lr``, then this invocation's others, then any others the table had."""
+    default = argparse.Namespace(grid=XGBLORA_GRID, preset_grids=[preset_grid(g) for g in PRESET_GRIDS], lr=args.lr,
+                                 variants=list(VARIANTS))
+    labels = [label for label, *_ in settings(default) + settings(args)] + [label for _, label in results]
+    return [(task, label) for task in BUDGETS for label in dict.fromkeys(labels) if (task, label) in results]
+
+
+def table_seeds(args: argparse.Namespace, results: Results) -> list[int]:
+    """The table's seed columns: this invocation's and every seed a row has a number for."""
+    return sorted(set(args.seeds) | {seed for accs in results.values() for seed, acc in accs.items() if acc is not None})
+
+
+def table_lines(args: argparse.Namespace, results: Results) -> list[str]:
+    """One table line per (task, row) in ``results``; a change's shift is against the preset at ``--lr`` on the
+    same seeds (the mean of the per-seed differences)."""
+    seeds = table_seeds(args, results)
     lines = []
-    for task in args.tasks:
+    for task, label in row_order(args, results):
         preset = results.get((task, f"xgblora lr {args.lr:g}"), {})
-        reference = [preset.get(seed) for seed in args.seeds]
-        for label, _, _, extra in settings(args):
-            accs = results.get((task, label))
-            if accs is not None:
-                lines.append(f"| {task} | {label} | {cells([accs.get(seed) for seed in args.seeds], reference if extra is not None else None)}")
+        reference = None if GRID_LABEL.fullmatch(label) else [preset.get(seed) for seed in seeds]
+        lines.append(f"| {task} | {label} | {cells([results[(task, label)].get(seed) for seed in seeds], reference)}")
     return lines
 
 
-def measure(benches: dict[str, TaskBench], args: argparse.Namespace, before: Shown) -> list[str]:
+def measure(benches: dict[str, TaskBench], args: argparse.Namespace, before: Shown, longs: dict[tuple[str, str], str]) -> Results:
     """Every row's validation accuracy, seed-major (every row with the first seed before any with the second), the
     table rewritten after each run; a number that cannot be measured here (``--report-only``, run not in the work
-    folder) is the one ``before`` shows, if any. Returns the table's lines."""
-    results: dict[tuple[str, str], dict[int, float | None]] = {}
+    folder) is the one ``before`` shows, if any. Returns this invocation's rows."""
+    results: Results = {}
     for seed in args.seeds:
         for task, bench in benches.items():
             for label, method, lr, extra in settings(args):
                 acc = val(bench, method, lr, seed, extra)
                 results.setdefault((task, label), {})[seed] = before[0].get((task, label), {}).get(seed) if acc is None else acc
-                write(args, table_lines(args, results))
-    return table_lines(args, results)
+                write(args, results, longs)
+    return results
 
 
-def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, steps: int, lines: list[str],
-               before: Shown) -> None:
-    """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots (with
-    ``--report-only`` and no run here, the line ``before`` shows, if any)."""
+def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, steps: int,
+               results: Results, longs: dict[tuple[str, str], str], before: Shown) -> None:
+    """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots, its line put in
+    ``longs`` (with ``--report-only`` and no run here, the line ``before`` shows, if any)."""
     budget = replace(bench.budget, steps=steps)
     label = f"{method} lr {lr:g}, {steps} steps"
     try:
         run = train_run(bench.runner, bench.work, budget, bench.data["train"], method, lr, 0,
                         {"train.max_steps": steps}, snapshots=8)
     except Missing:
-        lines.append(before[1].get((bench.budget.name, label), f"| {bench.budget.name} | {label} | not run yet | |"))
-        return write(args, lines)
+        longs[(bench.budget.name, label)] = before[1].get((bench.budget.name, label), f"| {bench.budget.name} | {label} | not run yet | |")
+        write(args, results, longs)
+        return
     points = []
     for step in range(steps // 8, steps + 1, steps // 8):
         points.append(f"{step}: {accuracy(bench.runner, str(run['dir']), 'choice', bench.data['val'], run['dir'] / f'val_step{step}.json', '--step', str(step)):.1f}")
-    lines.append(f"| {bench.budget.name} | {label}, by step | {', '.join(points)} | seed 0 |")
-    write(args, lines)
+    longs[(bench.budget.name, label)] = f"| {bench.budget.name} | {label}, by step | {', '.join(points)} | seed 0 |"
+    write(args, results, longs)
 
 
 def long_runs(args: argparse.Namespace) -> list[tuple[str, float]]:
@@ -210,11 +234,41 @@ def long_runs(args: argparse.Namespace) -> list[tuple[str, float]]:
     return [(method, lr) for method, lr in (("xgblora", xgblora_lr), ("lora", args.long_lora)) if lr]
 
 
-def write(args: argparse.Namespace, lines: list[str]) -> None:
+def long_order(key: tuple[str, str]) -> tuple[int, int, int, str]:
+    """Long runs by length, then task (as in ``BUDGETS``), then xgblora before lora: ``(task, "lora lr 0.001, 400
+    steps")`` -> ``(400, 0, 1, ...)``."""
+    task, label = key
+    steps = re.search(r", (\d+) steps$", label)
+    return int(steps.group(1)) if steps else 0, list(BUDGETS).index(task), label.startswith("lora"), label
+
+
+def merged(args: argparse.Namespace, results: Results, longs: dict[tuple[str, str], str]) -> tuple[Results, dict[tuple[str, str], str]]:
+    """This invocation's rows and long runs laid over the table as ``--doc`` holds it now (nothing with
+    ``--fresh``): its numbers win, the table's other rows, seeds and long runs stay; a "not run yet" long run does
+    not hide a finished one."""
+    text = "" if args.fresh or not args.doc.is_file() else args.doc.read_text()
+    accs, lines = shown(text.split(START, 1)[1].split(END, 1)[0], VAL_SIZES) if START in text else ({}, {})
+    table: Results = {key: dict(row) for key, row in accs.items()}
+    for key, row in results.items():
+        shown_row = table.setdefault(key, {})
+        shown_row.update({seed: acc for seed, acc in row.items() if acc is not None or seed not in shown_row})
+    lines.update({key: line for key, line in longs.items() if key not in lines or "not run yet" not in line})
+    return table, lines
+
+
+def write(args: argparse.Namespace, results: Results, longs: dict[tuple[str, str], str]) -> list[str]:
+    """Rewrite the table in ``--doc``: this invocation's rows and long runs merged with the table there; returns
+    the table's lines."""
+    table, long_lines = merged(args, results, longs)
+    lines = table_lines(args, table) + [long_lines[key] for key in sorted(long_lines, key=long_order)]
+    mine = {key for key in results} | set(longs)
+    kept = any(key not in mine for key in [*table, *long_lines]) or table_seeds(args, table) != sorted(args.seeds)
     command = "python scripts/bench_sensitivity.py " + shlex.join(sys.argv[1:])
+    note = " Rows, seeds and long runs it did not cover are kept from the table as it stood." if kept else ""
     head = ["| task | setting | validation accuracy, mean ± sd (vs the preset at the rate, same seeds) | by seed |", "|---|---|---|---|"]
-    write_doc(args.doc, f"Command: `{command.strip()}`; validation accuracy (%), seeds {' '.join(map(str, args.seeds))}.\n\n"
+    write_doc(args.doc, f"Command: `{command.strip()}`; validation accuracy (%), seeds {' '.join(map(str, table_seeds(args, table)))}.{note}\n\n"
               + "\n".join(head + lines), START, END)
+    return lines
 
 
 def main() -> None:
@@ -222,14 +276,14 @@ def main() -> None:
     runner = Runner(args.report_only)
     benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
     text = args.doc.read_text() if args.doc.is_file() else ""
-    sizes = {task: len(bench.data["val"].read_text().splitlines()) for task, bench in benches.items()}
-    before: Shown = ({}, {}) if args.fresh or START not in text else shown(text.split(START, 1)[1].split(END, 1)[0], sizes)
-    lines = measure(benches, args, before)
+    before: Shown = ({}, {}) if args.fresh or START not in text else shown(text.split(START, 1)[1].split(END, 1)[0], VAL_SIZES)
+    longs: dict[tuple[str, str], str] = {}
+    results = measure(benches, args, before, longs)
     for steps in (n for n in args.long_steps if n):
         for bench in benches.values():
             for method, lr in long_runs(args):
-                long_curve(bench, args, method, lr, steps, lines, before)
-    print("\n".join(lines))
+                long_curve(bench, args, method, lr, steps, results, longs, before)
+    print("\n".join(write(args, results, longs)))
 
 
 if __name__ == "__main__":

@@ -59,14 +59,78 @@ def test_report_only_keeps_what_the_table_showed_when_the_runs_are_not_here(tmp_
     (bench.work / "sst2").mkdir(parents=True)
     doc = tmp_path / "benchmarks.md"
     args = argparse.Namespace(tasks=["sst2"], seeds=[0, 1, 2], grid=[1e-2], preset_grids=[], lr=1e-2,
-                              variants=["k8", "kappa5"], doc=doc)
+                              variants=["k8", "kappa5"], doc=doc, fresh=True)
     before = bench_sensitivity.shown(TABLE, {"sst2": 400})
-    lines = bench_sensitivity.measure({"sst2": bench}, args, before)
+    results = bench_sensitivity.measure({"sst2": bench}, args, before, {})
+    lines = bench_sensitivity.table_lines(args, results)
     assert lines[0] == "| sst2 | xgblora lr 0.01 | 73.6 ± 6.5 | 75.0 79.2 66.5 |"
     assert lines[1].startswith("| sst2 | k = 8, lr 0.01 | 79.6 ± 1.6 (+8.9) | 80.8 - 78.5 |")  # shift on seeds 0, 2
     assert lines[2] == "| sst2 | kappa = 5, lr 0.01 | not run yet | |"
     table = doc.read_text().split(bench_sensitivity.START)[1].split(bench_sensitivity.END)[0]
     assert bench_sensitivity.shown(table, {"sst2": 400})[0] == before[0]
+
+
+def partial_args(doc, **changes) -> argparse.Namespace:
+    """A partial invocation: RTE, seed 1, one variant."""
+    values = dict(tasks=["rte"], seeds=[1], grid=[], preset_grids=[], lr=1e-2, variants=["kappa5"], doc=doc, fresh=False)
+    return argparse.Namespace(**{**values, **changes})
+
+
+def doc_with(tmp_path, table: str):
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# B\n\n{bench_sensitivity.START}\n{table}{bench_sensitivity.END}\n\nprose after\n")
+    return doc
+
+
+def table_of(doc) -> str:
+    return doc.read_text().split(bench_sensitivity.START)[1].split(bench_sensitivity.END)[0]
+
+
+def test_a_partial_invocation_adds_its_rows_and_keeps_the_others(tmp_path) -> None:
+    """--tasks rte --seeds 1 --variants kappa5 used to rewrite the table as that one row, losing every other."""
+    doc = doc_with(tmp_path, TABLE)
+    args = partial_args(doc)
+    bench_sensitivity.write(args, {("rte", "kappa = 5, lr 0.01"): {1: 52.0}}, {})
+    table = table_of(doc)
+    accs, long_lines = bench_sensitivity.shown(table, {"sst2": 400, "rte": 300})
+    before = bench_sensitivity.shown(TABLE, {"sst2": 400})
+    assert {key: row for key, row in accs.items() if key[0] == "sst2"} == before[0]
+    assert accs[("rte", "kappa = 5, lr 0.01")] == {1: 52.0}
+    assert long_lines == before[1]
+    assert "seeds 0 1 2. Rows, seeds and long runs it did not cover are kept" in table
+    assert doc.read_text().endswith("prose after\n")
+
+
+def test_each_rewrite_keeps_rows_another_process_wrote_since(tmp_path) -> None:
+    """Two processes sharing one --doc: each rewrite reads the table as it is then, not as it was at the start."""
+    doc = doc_with(tmp_path, TABLE)
+    args = partial_args(doc)
+    bench_sensitivity.write(args, {("rte", "kappa = 5, lr 0.01"): {1: 52.0}}, {})
+    other = partial_args(doc, variants=["rank2"])
+    bench_sensitivity.write(other, {("rte", "rank 2, lr 0.01"): {1: 50.0}}, {})
+    bench_sensitivity.write(args, {("rte", "kappa = 5, lr 0.01"): {1: 52.0}, ("rte", "k = 2, lr 0.01"): {1: 51.0}}, {})
+    accs = bench_sensitivity.shown(table_of(doc), {"sst2": 400, "rte": 300})[0]
+    assert accs[("rte", "rank 2, lr 0.01")] == {1: 50.0} and accs[("rte", "k = 2, lr 0.01")] == {1: 51.0}
+
+
+def test_fresh_writes_only_this_invocations_rows(tmp_path) -> None:
+    doc = doc_with(tmp_path, TABLE)
+    bench_sensitivity.write(partial_args(doc, fresh=True), {("rte", "kappa = 5, lr 0.01"): {1: 52.0}}, {})
+    table = table_of(doc)
+    assert bench_sensitivity.shown(table, {"rte": 300}) == ({("rte", "kappa = 5, lr 0.01"): {1: 52.0}}, {})
+    assert "kept" not in table
+
+
+def test_rows_come_in_one_order_whatever_the_invocation() -> None:
+    args = partial_args(None, variants=["k2", "kappa20"], grid=[1e-2])
+    results = {("rte", "k = 2, lr 0.01"): {1: 52.0}, ("sst2", "made up row"): {1: 1.0},
+               ("rte", "kappa = 20, lr 0.01"): {1: 51.0}, ("rte", "xgblora lr 0.01"): {1: 50.0},
+               ("sst2", "k = 8, lr 0.01"): {1: 80.0}}
+    assert bench_sensitivity.row_order(args, results) == [
+        ("sst2", "k = 8, lr 0.01"), ("sst2", "made up row"), ("rte", "xgblora lr 0.01"),
+        ("rte", "kappa = 20, lr 0.01"), ("rte", "k = 2, lr 0.01")]
+    assert bench_sensitivity.long_order(("rte", "lora lr 0.001, 400 steps")) < bench_sensitivity.long_order(
+        ("sst2", "xgblora lr 0.01, 600 steps"))
 
 
 def test_long_runs_default_to_both_and_a_zero_rate_leaves_a_method_out() -> None:
