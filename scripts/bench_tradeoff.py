@@ -13,6 +13,12 @@ worth having (the runs of scripts/bench_quality.py and scripts/bench_sensitivity
 
 Step times are cached in ``--work``/step_times.json, so a rerun reuses them.
 
+The tables are their own record where the runs are not here (a clean clone, or runs an earlier round did not keep):
+validation accuracy is taken per seed from the sensitivity table (scripts/bench_sensitivity.py, which holds every
+seed's number), a run here overriding its seed; a test cell whose runs here cover fewer seeds than the table shows
+keeps the table's cell; and with ``--report-only`` and no step-time cache the step times are read back from the
+table's caption and its step-time ratios kept (the caption's seconds are rounded to 0.01).
+
     .venv/bin/python scripts/bench_tradeoff.py [--steps 8] [--rounds 2] [--report-only]
 """
 
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -27,6 +34,9 @@ from pathlib import Path
 
 import yaml
 
+from bench_sensitivity import END as SENSITIVITY_END
+from bench_sensitivity import START as SENSITIVITY_START
+from bench_sensitivity import VAL_SIZES, VARIANTS, shown
 from benchlib import (
     ROOT,
     Missing,
@@ -52,6 +62,8 @@ SETTINGS = {
     "xgblora, carried AdamW moments": ("xgblora", 1e-2, {"train.carry_moments": True}, "xgblora k=4"),
     "control: one rank-1 adapter on 4 blocks, no merges": ("control", 1e-2, {}, "xgblora k=4"),
 }
+COLUMNS = [(task, kind) for task in ("sst2", "rte") for kind in ("val", "test")]
+"""The accuracy columns, in the table's order."""
 CONFIGS = {"lora": {"method": "lora"}, "cola": {"method": "cola"},
            "xgblora k=4": {"method": "xgblora"}, "xgblora k=8": {"method": "xgblora", "layers_per_booster": 8}}
 TASKS = ["sst2", "rte"]
@@ -67,14 +79,54 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def scores(work: Path, task: str, method: str, lr: float, extra: dict, kind: str) -> list[float]:
-    """Accuracies (%) in ``{kind}_acc.json`` of the setting's finished runs, over seeds 0-4."""
-    found = []
+def scores(work: Path, task: str, method: str, lr: float, extra: dict, kind: str) -> dict[int, float]:
+    """Accuracy (%) by seed in ``{kind}_acc.json`` of the setting's finished runs, over seeds 0-4."""
+    found = {}
     for seed in range(5):
         result = work / task / run_name(method, lr, seed, extra or None) / f"{kind}_acc.json"
         if result.is_file():
-            found.append(recorded_accuracy(result))
+            found[seed] = recorded_accuracy(result)
     return found
+
+
+def sensitivity_label(method: str, lr: float, extra: dict) -> str | None:
+    """The sensitivity table's row for a setting: ``xgblora lr 0.01``, ``k = 8, lr 0.01``; None if it has none
+    (the control, a setting it does not vary)."""
+    if not extra:
+        return None if method == "control" else f"{method} lr {lr:g}"
+    return next((f"{label}, lr {lr:g}" for label, keys in VARIANTS.values() if keys == extra), None)
+
+
+Shown = tuple[dict[tuple[str, str], dict[int, float]], dict[tuple[str, str, str], str], dict[str, list[float]]]
+"""What the doc shows: the sensitivity table's accuracy by seed per (task, row label); the trade-off table's cells
+per (row label, task, kind), its step-time ratio under (row label, "step", "ratio"); its caption's step seconds by
+round per configuration."""
+
+
+def shown_in(doc: Path) -> Shown:
+    """Parse the sensitivity and trade-off tables of ``doc`` (empty where a table is missing)."""
+    text = doc.read_text() if doc.is_file() else ""
+    per_seed = shown(text.split(SENSITIVITY_START, 1)[1].split(SENSITIVITY_END, 1)[0], VAL_SIZES)[0] if SENSITIVITY_START in text else {}
+    own = text.split(START, 1)[1].split(END, 1)[0] if START in text else ""
+    cells = {}
+    for line in own.splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) == 7 and cols[0] not in ("setting", "---"):
+            cells.update({(cols[0], task, kind): cols[1 + i] for i, (task, kind) in enumerate(COLUMNS)})
+            cells[(cols[0], "step", "ratio")] = cols[6]
+    rounds = re.search(r"step seconds by round: (.*?)\.\n", own)
+    times = {}
+    for item in rounds.group(1).split(", ") if rounds else []:
+        name, _, values = item.rpartition(": ")
+        if name and values.endswith(" s"):
+            times[name] = [float(v) for v in values.removesuffix(" s").split(" / ")]
+    return per_seed, cells, times
+
+
+def shown_n(cell_text: str) -> int:
+    """How many seeds a table cell averages: ``73.2 ± 9.0 (n=3)`` -> 3, ``-`` -> 0."""
+    found = re.search(r"\(n=(\d+)\)", cell_text)
+    return int(found.group(1)) if found else 0
 
 
 def planned_peak(work: Path, method: str, extra: dict) -> int:
@@ -112,6 +164,23 @@ def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float
     return times
 
 
+def val_by_seed(work: Path, before: Shown, setting: tuple, task: str) -> dict[int, float]:
+    """A setting's validation accuracy by seed: the sensitivity table's, a run here overriding its seed."""
+    method, lr, extra, _ = setting
+    return {**before[0].get((task, sensitivity_label(method, lr, extra)), {}), **scores(work, task, method, lr, extra, "val")}
+
+
+def accuracy_cell(work: Path, before: Shown, name: str, setting: tuple, task: str, kind: str) -> str:
+    """One accuracy cell: validation by ``val_by_seed``; test from the runs here unless they cover fewer seeds than
+    the table's cell, which is then kept."""
+    if kind == "val":
+        return cell(list(val_by_seed(work, before, setting, task).values()))
+    method, lr, extra, _ = setting
+    here = scores(work, task, method, lr, extra, kind)
+    kept = before[1].get((f"{name}, lr {lr:g}", task, kind), "-")
+    return kept if len(here) < shown_n(kept) else cell(list(here.values()))
+
+
 def cell(values: list[float]) -> str:
     if not values:
         return "-"
@@ -119,20 +188,26 @@ def cell(values: list[float]) -> str:
     return f"{mean:.1f} (n={len(values)})" if len(values) < 2 else f"{mean:.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
 
 
-def table(args: argparse.Namespace, times: dict[str, list[float]]) -> tuple[str, list[tuple[str, float, float, float | None]]]:
-    """The markdown table and (name, SST-2 validation mean, peak GiB, step-time ratio) points for the plot."""
+def table(args: argparse.Namespace, times: dict[str, list[float]], before: Shown,
+          recorded_times: bool = False) -> tuple[str, list[tuple[str, float, float, float | None]]]:
+    """The markdown table and (name, SST-2 validation mean, peak GiB, step-time ratio) points for the plot;
+    ``recorded_times``: ``times`` were read back from the caption, so the table's ratios are kept."""
     lora_s = statistics.median(times["lora"]) if times.get("lora") else None
     lines = ["| setting | SST-2 val. | SST-2 test | RTE val. | RTE test | LLaMA3-8B peak / 24 GiB GPU (planned) "
              "| step time vs lora (measured, SmolLM2) |", "|---|---|---|---|---|---|---|"]
     points = []
-    for name, (method, lr, extra, config) in SETTINGS.items():
-        acc = {(t, k): scores(args.work, t, method, lr, extra, k) for t in TASKS for k in ("val", "test")}
+    for name, setting in SETTINGS.items():
+        method, lr, extra, config = setting
         peak = planned_peak(args.work, method, extra) / 2**30
         ratio = statistics.median(times[config]) / lora_s if lora_s and times.get(config) else None
-        lines.append(f"| {name}, lr {lr:g} | " + " | ".join(cell(acc[t, k]) for t in TASKS for k in ("val", "test"))
+        kept = before[1].get((f"{name}, lr {lr:g}", "step", "ratio"), "-")
+        if recorded_times and kept != "-":
+            ratio = float(kept.removesuffix("x"))
+        lines.append(f"| {name}, lr {lr:g} | " + " | ".join(accuracy_cell(args.work, before, name, setting, t, k) for t, k in COLUMNS)
                      + f" | {peak:.2f} GiB | {'-' if ratio is None else f'{ratio:.2f}x'} |")
-        if acc["sst2", "val"]:
-            points.append((name, statistics.mean(acc["sst2", "val"]), peak, ratio))
+        sst2_val = val_by_seed(args.work, before, setting, "sst2")
+        if sst2_val:
+            points.append((name, statistics.mean(sst2_val.values()), peak, ratio))
     return "\n".join(lines), points
 
 
@@ -159,11 +234,12 @@ def main() -> None:
     if args.report_only:
         require_runs(args.work, args.doc)
     runner = Runner(args.report_only)
+    before = shown_in(args.doc)
     try:
-        times = step_times(args, runner)
+        times, recorded = step_times(args, runner), False
     except Missing:
-        times = {}
-    body, points = table(args, times)
+        times, recorded = before[2], True
+    body, points = table(args, times, before, recorded)
     png = args.doc.parent / "bench_tradeoff.png"
     plot(points, png)
     rounds = ", ".join(f"{name}: {' / '.join(f'{s:.2f}' for s in values)} s" for name, values in times.items())
