@@ -66,7 +66,7 @@ Row = tuple[str, str, float, dict | None]
 """(the table's label, method, learning rate, extra recipe keys or None)."""
 Results = dict[tuple[str, str], dict[int, "float | None"]]
 """Per (task, row label) the validation accuracy by seed (None: not run yet)."""
-GRID_LABEL = re.compile(r"(xgblora|cola|lora) lr \S+")
+GRID_LABEL = re.compile(r"(xgblora|cola|lora) lr \S+( \[.*\])?")
 """A rate row's label (no shift against the preset); every other row is a change around the preset."""
 VAL_SIZES = {name: 2 * budget.val for name, budget in BUDGETS.items()}
 """Validation records per task: ``val`` per class, and both tasks are binary."""
@@ -89,6 +89,9 @@ def parse_args() -> argparse.Namespace:
                    help="also a lora run of each --long-steps at this rate, the equal-steps reference (0: none)")
     p.add_argument("--long-xgblora", type=float, default=None,
                    help="the rate of xgblora's run of each --long-steps (default: --lr; 0: none, e.g. to add lora's alone)")
+    p.add_argument("--with", dest="with_keys", nargs="*", default=[], type=recipe_key, metavar="KEY=VALUE",
+                   help="recipe keys for every run of this invocation (e.g. train.packing=true): in each run's name "
+                        "and, in brackets, each row's label")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -108,6 +111,20 @@ def preset_grid(text: str) -> tuple[str, list[float]]:
         return method, [float(v) for v in rates.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: the rates must be numbers, e.g. lora=1e-3,3e-3") from None
+
+
+def recipe_key(text: str) -> tuple[str, str]:
+    """``train.packing=true`` -> ("train.packing", "true"); a clear error without ``=``."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or not value:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. train.packing=true")
+    return key, value
+
+
+def suffix(args: argparse.Namespace) -> str:
+    """What ``--with`` adds to every label: `` [packing=true batch_size=3]`` (nothing without it)."""
+    keys = " ".join(f"{key.removeprefix('train.')}={value}" for key, value in args.with_keys)
+    return f" [{keys}]" if keys else ""
 
 
 Shown = tuple[dict[tuple[str, str], dict[int, float]], dict[tuple[str, str], str]]
@@ -161,17 +178,20 @@ def cells(accs: list[float | None], reference: list[float | None] | None = None)
 
 
 def settings(args: argparse.Namespace) -> list[Row]:
-    """The table's rows: xgblora's rate grid first, then the other presets' grids, then the variants at ``--lr``."""
+    """The table's rows: xgblora's rate grid first, then the other presets' grids, then the variants at ``--lr``;
+    every row with the ``--with`` keys (the grids' rows: None without them)."""
     grids = [("xgblora", args.grid), *args.preset_grids]
-    return ([(f"{method} lr {lr:g}", method, lr, None) for method, rates in grids for lr in rates]
-            + [(f"{label}, lr {args.lr:g}", "xgblora", args.lr, extra) for label, extra in map(VARIANTS.get, args.variants)])
+    common, tag = dict(args.with_keys), suffix(args)
+    return ([(f"{method} lr {lr:g}{tag}", method, lr, common or None) for method, rates in grids for lr in rates]
+            + [(f"{label}, lr {args.lr:g}{tag}", "xgblora", args.lr, {**common, **extra})
+               for label, extra in map(VARIANTS.get, args.variants)])
 
 
 def row_order(args: argparse.Namespace, results: Results) -> list[tuple[str, str]]:
     """The (task, label) rows of ``results`` in one order whatever the invocation: tasks as in ``BUDGETS``; rows as
     the default invocation lists them at ``--lr``, then this invocation's others, then any others the table had."""
     default = argparse.Namespace(grid=XGBLORA_GRID, preset_grids=[preset_grid(g) for g in PRESET_GRIDS], lr=args.lr,
-                                 variants=list(VARIANTS))
+                                 variants=list(VARIANTS), with_keys=[])
     labels = [label for label, *_ in settings(default) + settings(args)] + [label for _, label in results]
     return [(task, label) for task in BUDGETS for label in dict.fromkeys(labels) if (task, label) in results]
 
@@ -183,11 +203,12 @@ def table_seeds(args: argparse.Namespace, results: Results) -> list[int]:
 
 def table_lines(args: argparse.Namespace, results: Results) -> list[str]:
     """One table line per (task, row) in ``results``; a change's shift is against the preset at ``--lr`` on the
-    same seeds (the mean of the per-seed differences)."""
+    same seeds (the mean of the per-seed differences), with the same ``--with`` keys as the row."""
     seeds = table_seeds(args, results)
     lines = []
     for task, label in row_order(args, results):
-        preset = results.get((task, f"xgblora lr {args.lr:g}"), {})
+        keys = re.search(r" \[.*\]$", label)
+        preset = results.get((task, f"xgblora lr {args.lr:g}{keys.group(0) if keys else ''}"), {})
         reference = None if GRID_LABEL.fullmatch(label) else [preset.get(seed) for seed in seeds]
         lines.append(f"| {task} | {label} | {cells([results[(task, label)].get(seed) for seed in seeds], reference)}")
     return lines
@@ -212,10 +233,10 @@ def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: floa
     """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots, its line put in
     ``longs`` (with ``--report-only`` and no run here, the line ``before`` shows, if any)."""
     budget = replace(bench.budget, steps=steps)
-    label = f"{method} lr {lr:g}, {steps} steps"
+    label = f"{method} lr {lr:g}, {steps} steps{suffix(args)}"
     try:
         run = train_run(bench.runner, bench.work, budget, bench.data["train"], method, lr, 0,
-                        {"train.max_steps": steps}, snapshots=8)
+                        {**dict(args.with_keys), "train.max_steps": steps}, snapshots=8)
     except Missing:
         longs[(bench.budget.name, label)] = before[1].get((bench.budget.name, label), f"| {bench.budget.name} | {label} | not run yet | |")
         write(args, results, longs)
@@ -238,7 +259,7 @@ def long_order(key: tuple[str, str]) -> tuple[int, int, int, str]:
     """Long runs by length, then task (as in ``BUDGETS``), then xgblora before lora: ``(task, "lora lr 0.001, 400
     steps")`` -> ``(400, 0, 1, ...)``."""
     task, label = key
-    steps = re.search(r", (\d+) steps$", label)
+    steps = re.search(r", (\d+) steps\b", label)
     return int(steps.group(1)) if steps else 0, list(BUDGETS).index(task), label.startswith("lora"), label
 
 

@@ -23,7 +23,8 @@ def test_preset_grid_parses_a_method_and_its_rates_and_names_what_is_allowed() -
 
 
 def test_rows_keep_their_method_and_order() -> None:
-    args = argparse.Namespace(grid=[1e-2], preset_grids=[("lora", [1e-3, 3e-3]), ("cola", [1e-3])], lr=1e-2, variants=["k8"])
+    args = argparse.Namespace(grid=[1e-2], preset_grids=[("lora", [1e-3, 3e-3]), ("cola", [1e-3])], lr=1e-2, variants=["k8"],
+                              with_keys=[])
     rows = bench_sensitivity.settings(args)
     assert [(label, method, lr) for label, method, lr, _ in rows] == [
         ("xgblora lr 0.01", "xgblora", 1e-2), ("lora lr 0.001", "lora", 1e-3), ("lora lr 0.003", "lora", 3e-3),
@@ -59,7 +60,7 @@ def test_report_only_keeps_what_the_table_showed_when_the_runs_are_not_here(tmp_
     (bench.work / "sst2").mkdir(parents=True)
     doc = tmp_path / "benchmarks.md"
     args = argparse.Namespace(tasks=["sst2"], seeds=[0, 1, 2], grid=[1e-2], preset_grids=[], lr=1e-2,
-                              variants=["k8", "kappa5"], doc=doc, fresh=True)
+                              variants=["k8", "kappa5"], doc=doc, fresh=True, with_keys=[])
     before = bench_sensitivity.shown(TABLE, {"sst2": 400})
     results = bench_sensitivity.measure({"sst2": bench}, args, before, {})
     lines = bench_sensitivity.table_lines(args, results)
@@ -72,7 +73,8 @@ def test_report_only_keeps_what_the_table_showed_when_the_runs_are_not_here(tmp_
 
 def partial_args(doc, **changes) -> argparse.Namespace:
     """A partial invocation: RTE, seed 1, one variant."""
-    values = dict(tasks=["rte"], seeds=[1], grid=[], preset_grids=[], lr=1e-2, variants=["kappa5"], doc=doc, fresh=False)
+    values = dict(tasks=["rte"], seeds=[1], grid=[], preset_grids=[], lr=1e-2, variants=["kappa5"], doc=doc, fresh=False,
+                  with_keys=[])
     return argparse.Namespace(**{**values, **changes})
 
 
@@ -131,6 +133,24 @@ def test_rows_come_in_one_order_whatever_the_invocation() -> None:
         ("rte", "kappa = 20, lr 0.01"), ("rte", "k = 2, lr 0.01")]
     assert bench_sensitivity.long_order(("rte", "lora lr 0.001, 400 steps")) < bench_sensitivity.long_order(
         ("sst2", "xgblora lr 0.01, 600 steps"))
+
+
+def test_with_keys_go_into_every_row_and_shifts_compare_rows_with_the_same_keys() -> None:
+    assert bench_sensitivity.recipe_key("train.packing=true") == ("train.packing", "true")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected KEY=VALUE"):
+        bench_sensitivity.recipe_key("train.packing")
+    args = partial_args(None, tasks=["sst2"], seeds=[0], grid=[1e-2], preset_grids=[("lora", [1e-3])], variants=["k8"],
+                        with_keys=[("train.packing", "true"), ("train.batch_size", "3")])
+    rows = bench_sensitivity.settings(args)
+    assert [label for label, *_ in rows] == ["xgblora lr 0.01 [packing=true batch_size=3]",
+                                             "lora lr 0.001 [packing=true batch_size=3]",
+                                             "k = 8, lr 0.01 [packing=true batch_size=3]"]
+    assert rows[1][3] == {"train.packing": "true", "train.batch_size": "3"}
+    assert rows[2][3] == {"train.packing": "true", "train.batch_size": "3", "layers_per_booster": 8}
+    results = {("sst2", "xgblora lr 0.01"): {0: 50.0}, ("sst2", rows[0][0]): {0: 80.0}, ("sst2", rows[2][0]): {0: 85.0}}
+    lines = bench_sensitivity.table_lines(args, results)
+    assert lines[-1] == "| sst2 | k = 8, lr 0.01 [packing=true batch_size=3] | 85.0 (+5.0) | 85.0 |"  # against 80.0, not 50.0
+    assert bench_sensitivity.long_order(("sst2", "lora lr 0.001, 400 steps [packing=true]"))[:3] == (400, 0, True)
 
 
 def test_long_runs_default_to_both_and_a_zero_rate_leaves_a_method_out() -> None:
