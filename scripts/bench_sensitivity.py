@@ -19,7 +19,7 @@ budget or the data, which the labels do not show).
 
     .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400 600]
         [--long-lora 1e-3] [--long-xgblora 0] [--grid 3e-3 1e-2 3e-2] [--preset-grids cola=1e-3,3e-3 lora=1e-3]
-        [--variants kappa20 k8 ...] [--doc FILE]
+        [--variants kappa20 k8 ...] [--with train.packing=true ...] [--doc FILE]
 """
 
 from __future__ import annotations
