@@ -14,8 +14,8 @@ keeps the rows, seeds and long runs this invocation does not cover. So a benchma
 
 The table is also its own record: a number it already shows, for a row and seed whose run is not in the work folder
 (a clean clone, where runs/ is empty), is kept with ``--report-only`` instead of becoming "not run yet", so new
-seeds or rows can be added to a table measured elsewhere. ``--fresh`` drops those numbers (after a change to the
-budget or the data, which the labels do not show).
+seeds or rows can be added to a table measured elsewhere. ``--fresh`` starts from an empty table instead, keeping
+only what this invocation measures (after a change to the budget or the data, which the labels do not show).
 
     .venv/bin/python scripts/bench_sensitivity.py [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400 600]
         [--long-lora 1e-3] [--long-xgblora 0] [--grid 3e-3 1e-2 3e-2] [--preset-grids cola=1e-3,3e-3 lora=1e-3]
@@ -39,6 +39,7 @@ from benchlib import (
     Missing,
     Runner,
     accuracy,
+    block,
     spread,
     train_run,
     write_doc,
@@ -214,31 +215,30 @@ def table_lines(args: argparse.Namespace, results: Results) -> list[str]:
     return lines
 
 
-def measure(benches: dict[str, TaskBench], args: argparse.Namespace, before: Shown, longs: dict[tuple[str, str], str]) -> Results:
+def measure(benches: dict[str, TaskBench], args: argparse.Namespace, longs: dict[tuple[str, str], str]) -> Results:
     """Every row's validation accuracy, seed-major (every row with the first seed before any with the second), the
-    table rewritten after each run; a number that cannot be measured here (``--report-only``, run not in the work
-    folder) is the one ``before`` shows, if any. Returns this invocation's rows."""
+    table rewritten after each run (where a number cannot be measured here, ``--report-only`` and the run not in
+    the work folder, the table keeps the one it shows). Returns this invocation's rows (None: not measured)."""
     results: Results = {}
     for seed in args.seeds:
         for task, bench in benches.items():
             for label, method, lr, extra in settings(args):
-                acc = val(bench, method, lr, seed, extra)
-                results.setdefault((task, label), {})[seed] = before[0].get((task, label), {}).get(seed) if acc is None else acc
+                results.setdefault((task, label), {})[seed] = val(bench, method, lr, seed, extra)
                 write(args, results, longs)
     return results
 
 
 def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, steps: int,
-               results: Results, longs: dict[tuple[str, str], str], before: Shown) -> None:
+               results: Results, longs: dict[tuple[str, str], str]) -> None:
     """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots, its line put in
-    ``longs`` (with ``--report-only`` and no run here, the line ``before`` shows, if any)."""
+    ``longs`` (with ``--report-only`` and no run here, "not run yet", which does not replace a line the table shows)."""
     budget = replace(bench.budget, steps=steps)
     label = f"{method} lr {lr:g}, {steps} steps{suffix(args)}"
     try:
         run = train_run(bench.runner, bench.work, budget, bench.data["train"], method, lr, 0,
                         {**dict(args.with_keys), "train.max_steps": steps}, snapshots=8)
     except Missing:
-        longs[(bench.budget.name, label)] = before[1].get((bench.budget.name, label), f"| {bench.budget.name} | {label} | not run yet | |")
+        longs[(bench.budget.name, label)] = f"| {bench.budget.name} | {label} | not run yet | |"
         write(args, results, longs)
         return
     points = []
@@ -268,7 +268,7 @@ def merged(args: argparse.Namespace, results: Results, longs: dict[tuple[str, st
     ``--fresh``): its numbers win, the table's other rows, seeds and long runs stay; a "not run yet" long run does
     not hide a finished one."""
     text = "" if args.fresh or not args.doc.is_file() else args.doc.read_text()
-    accs, lines = shown(text.split(START, 1)[1].split(END, 1)[0], VAL_SIZES) if START in text else ({}, {})
+    accs, lines = shown(block(text, START, END), VAL_SIZES)
     table: Results = {key: dict(row) for key, row in accs.items()}
     for key, row in results.items():
         shown_row = table.setdefault(key, {})
@@ -296,14 +296,12 @@ def main() -> None:
     args = parse_args()
     runner = Runner(args.report_only)
     benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
-    text = args.doc.read_text() if args.doc.is_file() else ""
-    before: Shown = ({}, {}) if args.fresh or START not in text else shown(text.split(START, 1)[1].split(END, 1)[0], VAL_SIZES)
     longs: dict[tuple[str, str], str] = {}
-    results = measure(benches, args, before, longs)
+    results = measure(benches, args, longs)
     for steps in (n for n in args.long_steps if n):
         for bench in benches.values():
             for method, lr in long_runs(args):
-                long_curve(bench, args, method, lr, steps, results, longs, before)
+                long_curve(bench, args, method, lr, steps, results, longs)
     print("\n".join(write(args, results, longs)))
 
 

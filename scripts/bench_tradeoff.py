@@ -41,6 +41,7 @@ from benchlib import (
     ROOT,
     Missing,
     Runner,
+    block,
     recorded_accuracy,
     require_runs,
     run_name,
@@ -106,8 +107,8 @@ round per configuration."""
 def shown_in(doc: Path) -> Shown:
     """Parse the sensitivity and trade-off tables of ``doc`` (empty where a table is missing)."""
     text = doc.read_text() if doc.is_file() else ""
-    per_seed = shown(text.split(SENSITIVITY_START, 1)[1].split(SENSITIVITY_END, 1)[0], VAL_SIZES)[0] if SENSITIVITY_START in text else {}
-    own = text.split(START, 1)[1].split(END, 1)[0] if START in text else ""
+    per_seed = shown(block(text, SENSITIVITY_START, SENSITIVITY_END), VAL_SIZES)[0]
+    own = block(text, START, END)
     cells = {}
     for line in own.splitlines():
         cols = [c.strip() for c in line.strip().strip("|").split("|")]

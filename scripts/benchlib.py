@@ -191,6 +191,11 @@ def spread(values: list[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f}" if len(values) < 2 else f"{mean:.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
+def block(text: str, start: str, end: str) -> str:
+    """What lies between the ``start`` and ``end`` markers of ``text`` ("" without them)."""
+    return text.split(start, 1)[1].split(end, 1)[0] if start in text else ""
+
+
 def write_doc(doc: Path, body: str, start: str, end: str) -> None:
     """Replace what lies between the ``start`` and ``end`` markers of ``doc`` (appended when missing)."""
     text = doc.read_text() if doc.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"

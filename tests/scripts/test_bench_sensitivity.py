@@ -51,26 +51,6 @@ def test_shown_reads_each_seed_undoes_the_rounding_and_keeps_long_lines_whole() 
     assert bench_sensitivity.shown(TABLE, {})[0][("sst2", "xgblora lr 0.01")][1] == 79.2  # size unknown: as shown
 
 
-def test_report_only_keeps_what_the_table_showed_when_the_runs_are_not_here(tmp_path) -> None:
-    """A clean clone (empty work folder) regenerating the table loses no number, and adds none."""
-    runner = bench_sensitivity.Runner(report_only=True)
-    budget = bench_sensitivity.BUDGETS["sst2"]
-    bench = argparse.Namespace(runner=runner, work=tmp_path / "work", budget=budget,
-                               data={"train": tmp_path / "train.jsonl", "val": tmp_path / "val.jsonl"})
-    (bench.work / "sst2").mkdir(parents=True)
-    doc = tmp_path / "benchmarks.md"
-    args = argparse.Namespace(tasks=["sst2"], seeds=[0, 1, 2], grid=[1e-2], preset_grids=[], lr=1e-2,
-                              variants=["k8", "kappa5"], doc=doc, fresh=True, with_keys=[])
-    before = bench_sensitivity.shown(TABLE, {"sst2": 400})
-    results = bench_sensitivity.measure({"sst2": bench}, args, before, {})
-    lines = bench_sensitivity.table_lines(args, results)
-    assert lines[0] == "| sst2 | xgblora lr 0.01 | 73.6 ± 6.5 | 75.0 79.2 66.5 |"
-    assert lines[1].startswith("| sst2 | k = 8, lr 0.01 | 79.6 ± 1.6 (+8.9) | 80.8 - 78.5 |")  # shift on seeds 0, 2
-    assert lines[2] == "| sst2 | kappa = 5, lr 0.01 | not run yet | |"
-    table = doc.read_text().split(bench_sensitivity.START)[1].split(bench_sensitivity.END)[0]
-    assert bench_sensitivity.shown(table, {"sst2": 400})[0] == before[0]
-
-
 def partial_args(doc, **changes) -> argparse.Namespace:
     """A partial invocation: RTE, seed 1, one variant."""
     values = dict(tasks=["rte"], seeds=[1], grid=[], preset_grids=[], lr=1e-2, variants=["kappa5"], doc=doc, fresh=False,
@@ -151,6 +131,28 @@ def test_with_keys_go_into_every_row_and_shifts_compare_rows_with_the_same_keys(
     lines = bench_sensitivity.table_lines(args, results)
     assert lines[-1] == "| sst2 | k = 8, lr 0.01 [packing=true batch_size=3] | 85.0 (+5.0) | 85.0 |"  # against 80.0, not 50.0
     assert bench_sensitivity.long_order(("sst2", "lora lr 0.001, 400 steps [packing=true]"))[:3] == (400, 0, True)
+
+
+def test_report_only_keeps_what_the_table_showed_when_the_runs_are_not_here(tmp_path) -> None:
+    """A clean clone (empty work folder) regenerating the table loses no number, and adds none."""
+    runner = bench_sensitivity.Runner(report_only=True)
+    budget = bench_sensitivity.BUDGETS["sst2"]
+    bench = argparse.Namespace(runner=runner, work=tmp_path / "work", budget=budget,
+                               data={"train": tmp_path / "train.jsonl", "val": tmp_path / "val.jsonl"})
+    (bench.work / "sst2").mkdir(parents=True)
+    doc = doc_with(tmp_path, TABLE)
+    args = argparse.Namespace(tasks=["sst2"], seeds=[0, 1, 2], grid=[1e-2], preset_grids=[], lr=1e-2,
+                              variants=["k8", "kappa5"], doc=doc, fresh=False, with_keys=[])
+    results = bench_sensitivity.measure({"sst2": bench}, args, {})
+    assert results == {("sst2", label): {0: None, 1: None, 2: None}
+                       for label in ("xgblora lr 0.01", "k = 8, lr 0.01", "kappa = 5, lr 0.01")}
+    lines = bench_sensitivity.write(args, results, {})
+    assert lines[0] == "| sst2 | xgblora lr 0.01 | 73.6 ± 6.5 | 75.0 79.2 66.5 |"
+    assert lines[1].startswith("| sst2 | k = 8, lr 0.01 | 79.6 ± 1.6 (+8.9) | 80.8 - 78.5 |")  # shift on seeds 0, 2
+    assert lines[2] == "| sst2 | kappa = 5, lr 0.01 | not run yet | |"
+    assert bench_sensitivity.shown(table_of(doc), {"sst2": 400}) == bench_sensitivity.shown(TABLE, {"sst2": 400})
+    args.fresh = True  # an empty table instead: nothing of the old one
+    assert all("not run yet" in line for line in bench_sensitivity.write(args, results, {}))
 
 
 def test_long_runs_default_to_both_and_a_zero_rate_leaves_a_method_out() -> None:
