@@ -69,6 +69,8 @@ Results = dict[tuple[str, str], dict[int, "float | None"]]
 """Per (task, row label) the validation accuracy by seed (None: not run yet)."""
 GRID_LABEL = re.compile(r"(xgblora|cola|lora) lr \S+( \[.*\])?")
 """A rate row's label (no shift against the preset); every other row is a change around the preset."""
+LONG_LABEL = re.compile(r", (\d+) steps\b")
+"""Where a long run's label gives its length: ``xgblora lr 0.01, 400 steps``."""
 VAL_SIZES = {name: 2 * budget.val for name, budget in BUDGETS.items()}
 """Validation records per task: ``val`` per class, and both tasks are binary."""
 
@@ -135,20 +137,22 @@ Shown = tuple[dict[tuple[str, str], dict[int, float]], dict[tuple[str, str], str
 def shown(table: str, sizes: dict[str, int]) -> Shown:
     """Parse a table this script wrote (the text between its markers): the seeds come from its caption's
     ``seeds 0 1 2.``; a row's ``by seed`` cells are matched to them in order, ``-`` and "not run yet" rows are
-    skipped, and a long run's line (``..., by step``) is kept whole. ``sizes``: each task's validation records, to
-    undo the cells' rounding to 0.1 (a score is a whole number of records: 84.2 of 400 is 337, 84.25%), so that
-    means and shifts come out as they did from the runs."""
+    skipped, and a long run's line (``..., by step``, or one not run yet) is kept whole. ``sizes``: each task's
+    validation records, to undo the cells' rounding to 0.1 (a score is a whole number of records: 84.2 of 400 is
+    337, 84.25%), so that means and shifts come out as they did from the runs."""
     found = re.search(r"seeds ((?:\d+ ?)+)\.", table)
     seeds = [int(s) for s in found.group(1).split()] if found else []
     accs: dict[tuple[str, str], dict[int, float]] = {}
     long_lines: dict[tuple[str, str], str] = {}
     for line in table.splitlines():
         cols = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cols) != 4 or cols[0] in ("task", "---") or cols[2] == "not run yet":
+        if len(cols) != 4 or cols[0] in ("task", "---"):
             continue
         task, label, _, by_seed = cols
-        if label.endswith(", by step"):
+        if label.endswith(", by step") or (cols[2] == "not run yet" and LONG_LABEL.search(label)):
             long_lines[(task, label.removesuffix(", by step"))] = line
+            continue
+        if cols[2] == "not run yet":
             continue
         n = sizes.get(task)
         accs[(task, label)] = {seed: float(a) if n is None else 100 * (round(float(a) * n / 100) / n)
@@ -259,7 +263,7 @@ def long_order(key: tuple[str, str]) -> tuple[int, int, int, str]:
     """Long runs by length, then task (as in ``BUDGETS``), then xgblora before lora: ``(task, "lora lr 0.001, 400
     steps")`` -> ``(400, 0, 1, ...)``."""
     task, label = key
-    steps = re.search(r", (\d+) steps\b", label)
+    steps = LONG_LABEL.search(label)
     return int(steps.group(1)) if steps else 0, list(BUDGETS).index(task), label.startswith("lora"), label
 
 
