@@ -67,7 +67,9 @@ Row = tuple[str, str, float, dict | None]
 """(the table's label, method, learning rate, extra recipe keys or None)."""
 Results = dict[tuple[str, str], dict[int, "float | None"]]
 """Per (task, row label) the validation accuracy by seed (None: not run yet)."""
-GRID_LABEL = re.compile(r"(xgblora|cola|lora) lr \S+( \[.*\])?")
+KEYS_SUFFIX = r" \[.*\]"
+"""The ``--with`` keys at the end of a label (``suffix``)."""
+GRID_LABEL = re.compile(rf"(xgblora|cola|lora) lr \S+({KEYS_SUFFIX})?")
 """A rate row's label (no shift against the preset); every other row is a change around the preset."""
 LONG_LABEL = re.compile(r", (\d+) steps\b")
 """Where a long run's label gives its length: ``xgblora lr 0.01, 400 steps``."""
@@ -212,7 +214,7 @@ def table_lines(args: argparse.Namespace, results: Results) -> list[str]:
     seeds = table_seeds(args, results)
     lines = []
     for task, label in row_order(args, results):
-        keys = re.search(r" \[.*\]$", label)
+        keys = re.search(rf"{KEYS_SUFFIX}$", label)
         preset = results.get((task, f"xgblora lr {args.lr:g}{keys.group(0) if keys else ''}"), {})
         reference = None if GRID_LABEL.fullmatch(label) else [preset.get(seed) for seed in seeds]
         lines.append(f"| {task} | {label} | {cells([results[(task, label)].get(seed) for seed in seeds], reference)}")
@@ -286,7 +288,7 @@ def write(args: argparse.Namespace, results: Results, longs: dict[tuple[str, str
     the table's lines."""
     table, long_lines = merged(args, results, longs)
     lines = table_lines(args, table) + [long_lines[key] for key in sorted(long_lines, key=long_order)]
-    mine = {key for key in results} | set(longs)
+    mine = set(results) | set(longs)
     kept = any(key not in mine for key in [*table, *long_lines]) or table_seeds(args, table) != sorted(args.seeds)
     command = "python scripts/bench_sensitivity.py " + shlex.join(sys.argv[1:])
     note = " Rows, seeds and long runs it did not cover are kept from the table as it stood." if kept else ""

@@ -46,6 +46,7 @@ from benchlib import (
     require_runs,
     run_name,
     save_figure,
+    spread,
     step_times_file,
     timed_steps,
     write_doc,
@@ -63,11 +64,11 @@ SETTINGS = {
     "xgblora, carried AdamW moments": ("xgblora", 1e-2, {"train.carry_moments": True}, "xgblora k=4"),
     "control: one rank-1 adapter on 4 blocks, no merges": ("control", 1e-2, {}, "xgblora k=4"),
 }
-COLUMNS = [(task, kind) for task in ("sst2", "rte") for kind in ("val", "test")]
-"""The accuracy columns, in the table's order."""
 CONFIGS = {"lora": {"method": "lora"}, "cola": {"method": "cola"},
            "xgblora k=4": {"method": "xgblora"}, "xgblora k=8": {"method": "xgblora", "layers_per_booster": 8}}
 TASKS = ["sst2", "rte"]
+COLUMNS = [(task, kind) for task in TASKS for kind in ("val", "test")]
+"""The accuracy columns, in the table's order."""
 
 
 def parse_args() -> argparse.Namespace:
@@ -183,10 +184,8 @@ def accuracy_cell(work: Path, before: Shown, name: str, setting: tuple, task: st
 
 
 def cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = statistics.mean(values)
-    return f"{mean:.1f} (n={len(values)})" if len(values) < 2 else f"{mean:.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
+    """``mean ± sd (n=N)`` of a setting's seeds (``-`` without any)."""
+    return f"{spread(values)} (n={len(values)})" if values else "-"
 
 
 def table(args: argparse.Namespace, times: dict[str, list[float]], before: Shown,
