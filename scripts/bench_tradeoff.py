@@ -67,6 +67,7 @@ SETTINGS = {
 CONFIGS = {"lora": {"method": "lora"}, "cola": {"method": "cola"},
            "xgblora k=4": {"method": "xgblora"}, "xgblora k=8": {"method": "xgblora", "layers_per_booster": 8}}
 TASKS = ["sst2", "rte"]
+TASK_NAMES = {"sst2": "SST-2", "rte": "RTE"}
 COLUMNS = [(task, kind) for task in TASKS for kind in ("val", "test")]
 """The accuracy columns, in the table's order."""
 
@@ -188,9 +189,14 @@ def cell(values: list[float]) -> str:
     return f"{spread(values)} (n={len(values)})" if values else "-"
 
 
+Point = tuple[str, dict[str, list[float]], float, float | None]
+"""A setting in the plot: its name, its validation accuracies per task (one per seed), planned peak GiB, step-time
+ratio to lora (None where not measured)."""
+
+
 def table(args: argparse.Namespace, times: dict[str, list[float]], before: Shown,
-          recorded_times: bool = False) -> tuple[str, list[tuple[str, float, float, float | None]]]:
-    """The markdown table and (name, SST-2 validation mean, peak GiB, step-time ratio) points for the plot;
+          recorded_times: bool = False) -> tuple[str, list[Point]]:
+    """The markdown table and the plot's points (settings with validation accuracy on at least one task);
     ``recorded_times``: ``times`` were read back from the caption, so the table's ratios are kept."""
     lora_s = statistics.median(times["lora"]) if times.get("lora") else None
     lines = ["| setting | SST-2 val. | SST-2 test | RTE val. | RTE test | LLaMA3-8B peak / 24 GiB GPU (planned) "
@@ -205,27 +211,41 @@ def table(args: argparse.Namespace, times: dict[str, list[float]], before: Shown
             ratio = float(kept.removesuffix("x"))
         lines.append(f"| {name}, lr {lr:g} | " + " | ".join(accuracy_cell(args.work, before, name, setting, t, k) for t, k in COLUMNS)
                      + f" | {peak:.2f} GiB | {'-' if ratio is None else f'{ratio:.2f}x'} |")
-        sst2_val = val_by_seed(args.work, before, setting, "sst2")
-        if sst2_val:
-            points.append((name, statistics.mean(sst2_val.values()), peak, ratio))
+        val = {task: list(val_by_seed(args.work, before, setting, task).values()) for task in TASKS}
+        if any(val.values()):
+            points.append((name, val, peak, ratio))
     return "\n".join(lines), points
 
 
-def plot(points: list[tuple[str, float, float, float | None]], out: Path) -> None:
+def plot(points: list[Point], out: Path) -> None:
+    """One row per task (validation accuracy, mean with its seeds' standard deviation as a bar), planned memory
+    on the left and step time on the right; a legend names the settings (labels beside the points overlapped)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for name, acc, peak, ratio in points:
-        for axis, x in zip(axes, (peak, ratio)):
-            if x is None:
+    markers = "osD^v<>Px*"
+    figure, axes = plt.subplots(len(TASKS), 2, figsize=(12, 3.8 * len(TASKS)), squeeze=False)
+    for row, task in zip(axes, TASKS):
+        for i, (name, val, peak, ratio) in enumerate(points):
+            if not val[task]:
                 continue
-            axis.scatter(x, acc)
-            axis.annotate(name.split(" (")[0].split(":")[0], (x, acc), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    axes[0].set(xlabel="planned peak GiB per GPU, LLaMA3-8B, micro-batch 2 x 512", ylabel="SST-2 validation accuracy (%)")
-    axes[1].set(xlabel="step time / lora's (measured here, SmolLM2-135M)", ylabel="SST-2 validation accuracy (%)")
+            mean = statistics.mean(val[task])
+            sd = statistics.stdev(val[task]) if len(val[task]) > 1 else 0.0
+            for axis, x in zip(row, (peak, ratio)):
+                if x is not None:
+                    axis.errorbar(x, mean, yerr=sd, fmt=markers[i % len(markers)], color=f"C{i}", capsize=3,
+                                  label=f"{name.split(' (')[0]} (n={len(val[task])})")
+        for axis in row:  # the validation cuts are class-balanced
+            axis.axhline(50, linestyle=":", color="grey", linewidth=0.8)
+        ylabel = f"{TASK_NAMES[task]} validation accuracy (%; dotted: chance)"
+        row[0].set(xlabel="planned peak GiB per GPU, LLaMA3-8B, micro-batch 2 x 512", ylabel=ylabel)
+        row[1].set(xlabel="step time / lora's (measured here, SmolLM2-135M)", ylabel=ylabel)
+        named = {}  # a setting without a step time is only in the memory panel; the legend names every one
+        for axis in row:
+            named.update(zip(*reversed(axis.get_legend_handles_labels())))
+        row[1].legend(named.values(), named.keys(), fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     save_figure(figure, out)
 
 

@@ -73,3 +73,17 @@ def test_cells_keep_what_the_runs_here_cannot_replace(tmp_path) -> None:
     assert bench_tradeoff.accuracy_cell(work, before, PRESET, setting, "sst2", "test") == "80.0 ± 10.0 (n=3)"
     k8 = bench_tradeoff.SETTINGS["xgblora, k=8"]
     assert bench_tradeoff.accuracy_cell(work, before, "xgblora, k=8", k8, "rte", "val") == "50.0 ± 0.5 (n=2)"
+
+
+def test_plot_has_a_row_per_task_and_skips_what_a_setting_lacks(monkeypatch, tmp_path):
+    """Both tasks are plotted (the issue asks for the trade-off on both), each setting where it has numbers."""
+    figures = []
+    monkeypatch.setattr(bench_tradeoff, "save_figure", lambda figure, out: figures.append(figure))
+    points = [("lora (r=8)", {"sst2": [85.0, 86.0], "rte": [51.0]}, 26.6, 1.0),
+              ("xgblora, k=8", {"sst2": [80.0], "rte": []}, 22.3, None)]
+    bench_tradeoff.plot(points, tmp_path / "t.png")
+    axes = figures[0].axes
+    assert [a.get_ylabel().split(" ")[0] for a in axes] == ["SST-2", "SST-2", "RTE", "RTE"]
+    legends = [[t.get_text() for t in a.get_legend().get_texts()] for a in axes if a.get_legend()]
+    assert legends == [["lora (n=2)", "xgblora, k=8 (n=1)"], ["lora (n=1)"]]
+    assert [len(a.containers) for a in axes] == [2, 1, 1, 1]  # k=8 has no step time: the memory panel only
