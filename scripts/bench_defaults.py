@@ -17,7 +17,7 @@ import argparse
 import re
 from pathlib import Path
 
-from benchlib import ROOT, recorded_accuracy, require_runs, write_doc
+from benchlib import ROOT, block, recorded_accuracy, require_runs, write_doc
 from xgblora_cli.recipe import PRESETS
 
 START, END = "<!-- bench_defaults:start -->", "<!-- bench_defaults:end -->"
@@ -80,9 +80,26 @@ def table(work: Path) -> str:
         f"{m} {PRESETS[m].learning_rate:g}" for m in METHODS) + "."
 
 
+def ruled_in(text: str) -> set[tuple[str, float]]:
+    """(method, rate) of every row of the table in ``text`` that has a worst-case relative accuracy."""
+    rows = (line.strip("|").split("|") for line in block(text, START, END).splitlines() if line.startswith("| "))
+    return {(cells[0].strip(), float(cells[1].strip(" *"))) for cells in rows
+            if len(cells) > 2 + len(TASKS) and re.fullmatch(r"[0-9.]+", cells[2 + len(TASKS)].strip())}
+
+
+def ruled_here(work: Path) -> set[tuple[str, float]]:
+    """(method, rate) of every rate that the runs in ``work`` score on every task."""
+    return {(method, lr) for method in METHODS
+            for lr in worst_relative({task: grid_scores(work, task, method) for task in TASKS})}
+
+
 def main() -> None:
     args = parse_args()
     require_runs(args.work, args.doc)
+    lost = ruled_in(args.doc.read_text() if args.doc.is_file() else "") - ruled_here(args.work)
+    if lost:  # the runs here are fewer than the table's (a clean clone with the record, a partial benchmark)
+        raise SystemExit(f"{args.work} lacks the seed-0 validation runs of {len(lost)} rate(s) the table in {args.doc} rules on "
+                         f"(e.g. {' '.join(f'{m} {lr:g}' for m, lr in sorted(lost)[:3])}); the table is left as it is")
     body = f"Command: `python scripts/bench_defaults.py` (reads the runs of `scripts/bench_quality.py`; validation only).\n\n{table(args.work)}"
     write_doc(args.doc, body, START, END)
     print(body)

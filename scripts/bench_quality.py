@@ -272,6 +272,10 @@ def main() -> None:
                         f"questions per point, mean ± sd over seeds; budget {budget.steps} steps x batch {budget.batch}, "
                         f"at most {budget.seq} tokens, {2 * budget.train} training / {2 * budget.val} validation records):"
                         f"\n\n{curve_table(rows, cost) if rows else '(no finished run yet)'}")
+    if args.report_only and unfinished:  # a table that shows less than the one in the doc is never written
+        raise SystemExit(f"not finished in {args.work}: {', '.join(unfinished[:4])}{' ...' if len(unfinished) > 4 else ''}"
+                         f" ({len(unfinished)} in all); {args.doc} is left as it is. --report-only rewrites only complete "
+                         "tables: measure them first (the same command without --report-only)")
     plot = args.doc.parent / "bench_quality_curves.png"
     if results and any(results.values()):
         plot_curves({task: rows for task, rows in results.items() if rows}, cost, plot)

@@ -5,7 +5,8 @@ is not in git, and its weights are too big for it) can rebuild the tables of doc
 ``bench_wall_s.txt`` and every evaluation result, ``*.json``; the base model's results; the step-time files) into
 ``docs/bench_records/``, same layout. ``restore`` copies a recorded folder back into ``runs/bench_quality`` only where
 that folder holds no file yet, never over one, and never into a run that is being trained. After ``restore`` each
-benchmark's ``--report-only`` reads every recorded run as finished. A restored run has no weights: a score it was
+benchmark's ``--report-only`` reads every recorded run as finished (the record holds only the runs kept since it
+was added: bench_quality.py and bench_defaults.py, whose tables are older, refuse to rewrite them from fewer runs). A restored run has no weights: a score it was
 never given (a new snapshot, a new split) needs the run trained again (delete its folder first).
 
     .venv/bin/python scripts/bench_records.py save      # after benchmarking, with the tables it wrote

@@ -85,8 +85,13 @@ def write_records(path: Path, task: str, rows: list[dict]) -> None:
 
 def cut_glue(glue_dir: Path, budget: TaskBudget) -> tuple[list[dict], list[dict]]:
     """(training rows, validation rows) from the task's training TSV: ``budget.train`` and ``budget.val`` per class,
-    class-balanced, disjoint, seeded (``random.Random(0)``: the same rows on every call)."""
-    _, rows = read_tsv(glue_dir / GLUE[budget.name].folder / "train.tsv")
+    class-balanced, disjoint, seeded (``random.Random(0)``: the same rows on every call). A missing file stops the
+    script with one line naming it and ``--glue``, not a traceback."""
+    tsv = glue_dir / GLUE[budget.name].folder / "train.tsv"
+    if not tsv.is_file():
+        raise SystemExit(f"{tsv}: not found; the benchmarks read GLUE's TSV folders (default {GLUE_DIR}, "
+                         "../shared/data/glue beside the repository): pass --glue DIR")
+    _, rows = read_tsv(tsv)
     usable = [row for row in rows if isinstance(row, dict) and not isinstance(to_record(budget.name, row), str)]
     train, val = balanced(usable, [budget.train, budget.val], random.Random(0), budget.min_words)
     return train, val

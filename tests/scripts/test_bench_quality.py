@@ -7,6 +7,8 @@ import json
 import random
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 from tests.scripts import load_script
 
@@ -50,3 +52,25 @@ def test_the_shipped_sst2_slice_is_the_benchmarks_cut() -> None:
     for name, rows in (("sst2_train_2000.jsonl", train), ("sst2_val_400.jsonl", val)):
         expected = "".join(json.dumps(benchlib.to_record("sst2", row)) + "\n" for row in rows)
         assert (ROOT / "data" / name).read_text() == expected
+
+
+def test_a_missing_glue_folder_is_one_line_naming_glue(tmp_path: Path) -> None:
+    budget = benchlib.TaskBudget("rte", train=20, val=5, steps=10, batch=2, seq=64)
+    with pytest.raises(SystemExit, match=r"RTE/train.tsv: not found.*--glue"):
+        benchlib.cut_glue(tmp_path / "nowhere", budget)
+
+
+def test_report_only_never_writes_an_unfinished_table(tmp_path: Path, monkeypatch) -> None:
+    """--report-only on runs that do not cover the table (a clean clone with the record) leaves the doc alone."""
+    bench_quality = load_script("bench_quality")
+    monkeypatch.setitem(bench_quality.BUDGETS, "rte", benchlib.TaskBudget("rte", train=20, val=5, steps=10, batch=2, seq=64))
+    glue, work, doc = _fake_rte(tmp_path / "glue"), tmp_path / "work", tmp_path / "benchmarks.md"
+    doc.write_text(f"# B\n\n{bench_quality.START}\nthe measured tables\n{bench_quality.END}\n")
+    finished = work / "rte" / "lora_lr0.001_s0"
+    finished.mkdir(parents=True)
+    (finished / "bench_wall_s.txt").write_text("1")
+    monkeypatch.setattr("sys.argv", ["bench_quality.py", "--report-only", "--tasks", "rte", "--glue", str(glue),
+                                     "--work", str(work), "--doc", str(doc)])
+    with pytest.raises(SystemExit, match=r"not finished in .*: rte base .* is left as it is"):
+        bench_quality.main()
+    assert "the measured tables" in doc.read_text()
