@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -125,8 +126,23 @@ def test_snapshots_replay_a_run_as_it_was_after_step_n(tmp_path: Path, tiny_mode
     middle = evaluate(str(run_dir), EvalSettings(**settings, step=4))["tasks"]["perplexity"]["perplexity"]
     assert last == pytest.approx(whole, rel=1e-6) and middle != pytest.approx(whole, rel=1e-4)
     assert (run_dir / "eval" / "results_step4.json").is_file()
-    with pytest.raises(UserError, match="has no snapshot of step 5; it has steps 4, 8"):
+    with pytest.raises(UserError, match=r"has no snapshot of step 5 \(it kept 4, 8; .*boosters ended at steps 3, 6, 8\)"):
         evaluate(str(run_dir), EvalSettings(**settings, step=5))
+
+
+def test_a_step_where_a_booster_ended_needs_no_snapshot(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """The record keeps the step each booster ended at, so the record alone replays the run to a booster's end:
+    the same model as the snapshot of that step."""
+    fields = tiny_recipe(tmp_path, tiny_model_dir, train={"snapshot_every": 3})  # 8 steps, boosters of 3
+    run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    settings = dict(tasks=["perplexity"], data=str(ARC_TEST), limit=6)
+    from_snapshot = evaluate(str(run_dir), EvalSettings(**settings, step=6))["tasks"]["perplexity"]["perplexity"]
+    shutil.rmtree(run_dir / "snapshots")
+    assert [b.index for b in boosters_at(run_dir, 6)] == [0, 1]
+    from_record = evaluate(str(run_dir), EvalSettings(**settings, step=6))["tasks"]["perplexity"]["perplexity"]
+    assert from_record == pytest.approx(from_snapshot, rel=1e-6)
+    with pytest.raises(UserError, match=r"step 4 \(it kept none; set train.snapshot_every\) .*ended at steps 3, 6, 8"):
+        boosters_at(run_dir, 4)
 
 
 def _question(answer: int) -> Question:

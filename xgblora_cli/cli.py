@@ -177,7 +177,7 @@ def eval_command(
     shots: Optional[int] = typer.Option(None, "--shots", help="MMLU: worked examples from the dev split (0-5)"),
     scoring: Optional[str] = typer.Option(None, "--scoring", help="label (default): answers in the training format after the prompt; loglik: option texts after a plain context; generate: LLM-Adapters protocol"),
     template: Optional[str] = typer.Option(None, "--template", help="auto | chat | plain: override the prompt template (default: a run's own, else auto)"),
-    step: Optional[int] = typer.Option(None, "--step", help="a run as it was after step N (a snapshot kept by train.snapshot_every)"),
+    step: Optional[int] = typer.Option(None, "--step", help="a run as it was after step N: a step where a booster ended, or a snapshot kept by train.snapshot_every"),
     output: Optional[Path] = typer.Option(None, "--output", help="write the results JSON here"),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N"),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run a hub model's own Python code (a run uses its recipe's setting)"),

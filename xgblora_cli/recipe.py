@@ -106,7 +106,7 @@ class TrainArgs:
     checkpoint_every: int = 25
     """Write a resumable checkpoint every N steps (and at every merge); a crash loses at most the steps since."""
     snapshot_every: int = 0
-    """Keep the run's state every N steps in snapshots/ for `xgblora eval RUN --step N` (learning curves); 0: none."""
+    """Keep the run's state every N steps in snapshots/ for `xgblora eval RUN --step N` (learning curves); 0: none (the steps where a booster ended need no snapshot)."""
     log_every: int = 1
     """Write a metrics.jsonl row every N steps."""
     max_failed_boosters: int = 3

@@ -60,8 +60,9 @@ class Record:
     def __len__(self) -> int:
         return len(self._entries())
 
-    def append(self, booster: MergedBooster) -> None:
-        """Write the booster's factors durably, then list it in the index (both atomic)."""
+    def append(self, booster: MergedBooster, step: int | None = None) -> None:
+        """Write the booster's factors durably, then list it in the index (both atomic), with the optimizer
+        ``step`` it ended at (so ``eval --step`` can replay the record to any booster's end)."""
         from safetensors.torch import save
 
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,8 @@ class Record:
         entries = self._entries()
         if entries and entries[-1]["index"] >= booster.index:
             raise RuntimeError(f"record ends at booster {entries[-1]['index']}, cannot append booster {booster.index}")
-        entries.append({"index": booster.index, "blocks": booster.blocks, "file": booster.filename})
+        entries.append({"index": booster.index, "blocks": booster.blocks, "file": booster.filename}
+                       | ({} if step is None else {"step": step}))
         atomic_write_text(self.dir / INDEX, "".join(json.dumps(e) + "\n" for e in entries))
 
     def truncate(self, count: int) -> None:
@@ -82,6 +84,11 @@ class Record:
         entries = self._entries()
         if len(entries) > count:
             atomic_write_text(self.dir / INDEX, "".join(json.dumps(e) + "\n" for e in entries[:count]))
+
+    def end_steps(self) -> dict[int, int]:
+        """{optimizer step a booster ended at: boosters in the record by then}, for the boosters whose step the
+        record holds (runs recorded before it kept steps have none)."""
+        return {entry["step"]: count for count, entry in enumerate(self._entries(), 1) if "step" in entry}
 
     def load(self) -> list[MergedBooster]:
         """Every recorded booster, in order."""
@@ -103,12 +110,23 @@ class Record:
 
 
 def boosters_at(run_dir: Path, step: int | None = None) -> list[MergedBooster]:
-    """The boosters that make up a run's model: the whole record, or (``step``) its state at a kept snapshot,
-    the booster then in flight included as a last booster."""
-    boosters = Record(run_dir).load()
+    """The boosters that make up a run's model: the whole record, or (``step``) its state after that step, from a
+    kept snapshot (the booster then in flight included as a last booster) or, at a step where a booster ended,
+    from the record alone."""
+    record = Record(run_dir)
+    boosters = record.load()
     if step is None:
         return boosters
-    recorded, in_flight = RunDir(run_dir).load_snapshot(step)
+    run = RunDir(run_dir)
+    if step not in run.snapshot_steps():
+        ends = record.end_steps()
+        if step in ends:
+            return boosters[: ends[step]]
+        kept = ", ".join(map(str, run.snapshot_steps())) or "none"
+        ended = ", ".join(map(str, sorted(ends))) or "not recorded"
+        raise UserError(f"--step {step}: {run_dir} has no snapshot of step {step} (it kept {kept}; set train.snapshot_every) "
+                        f"and no booster ended there (boosters ended at steps {ended})")
+    recorded, in_flight = run.load_snapshot(step)
     if recorded > len(boosters):
         raise UserError(f"{run_dir}: the snapshot of step {step} needs {recorded} recorded boosters, the record has {len(boosters)}; "
                         "the run directory is corrupt")
@@ -116,5 +134,3 @@ def boosters_at(run_dir: Path, step: int | None = None) -> list[MergedBooster]:
     if in_flight:
         boosters.append(MergedBooster(boosters[-1].index + 1 if boosters else 0, [], in_flight))
     return boosters
-
-

@@ -163,7 +163,7 @@ class Trainer:
         self.ranks.check_same(done.digest(), f"booster {done.index + 1}")
         write_merged(self.setup.model, self.base, self.stack, self.stack.add(done))
         if self.ranks.main:
-            self.record.append(done)
+            self.record.append(done, self.step)
         self._log({"step": self.step, "event": "booster_merged", "booster": done.index, "blocks": done.blocks})
         if self.args.carry_moments and self.optimizer is not None:
             self.carried = self.optimizer.state_dict()["state"]
