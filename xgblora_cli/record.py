@@ -123,9 +123,9 @@ def boosters_at(run_dir: Path, step: int | None = None) -> list[MergedBooster]:
         if step in ends:
             return boosters[: ends[step]]
         kept = ", ".join(map(str, run.snapshot_steps())) or "none"
-        ended = ", ".join(map(str, sorted(ends))) or "not recorded"
+        ended = f"boosters ended at steps {', '.join(map(str, sorted(ends)))}" if ends else "its record keeps no end steps"
         raise UserError(f"--step {step}: {run_dir} has no snapshot of step {step} (it kept {kept}; set train.snapshot_every) "
-                        f"and no booster ended there (boosters ended at steps {ended})")
+                        f"and no booster ended there ({ended})")
     recorded, in_flight = run.load_snapshot(step)
     if recorded > len(boosters):
         raise UserError(f"{run_dir}: the snapshot of step {step} needs {recorded} recorded boosters, the record has {len(boosters)}; "
