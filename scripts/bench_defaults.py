@@ -17,7 +17,7 @@ import argparse
 import re
 from pathlib import Path
 
-from benchlib import ROOT, block, recorded_accuracy, require_runs, write_doc
+from benchlib import ROOT, block, recorded_accuracy, require_runs, row_cells, write_doc
 from xgblora_cli.recipe import PRESETS
 
 START, END = "<!-- bench_defaults:start -->", "<!-- bench_defaults:end -->"
@@ -82,9 +82,9 @@ def table(work: Path) -> str:
 
 def ruled_in(text: str) -> set[tuple[str, float]]:
     """(method, rate) of every row of the table in ``text`` that has a worst-case relative accuracy."""
-    rows = (line.strip("|").split("|") for line in block(text, START, END).splitlines() if line.startswith("| "))
-    return {(cells[0].strip(), float(cells[1].strip(" *"))) for cells in rows
-            if len(cells) > 2 + len(TASKS) and re.fullmatch(r"[0-9.]+", cells[2 + len(TASKS)].strip())}
+    rows = (row_cells(line) for line in block(text, START, END).splitlines())
+    return {(cells[0], float(cells[1].strip("*"))) for cells in rows
+            if len(cells) > 2 + len(TASKS) and re.fullmatch(r"[0-9.]+", cells[2 + len(TASKS)])}
 
 
 def ruled_here(work: Path) -> set[tuple[str, float]]:

@@ -40,6 +40,7 @@ from benchlib import (
     Runner,
     accuracy,
     block,
+    row_cells,
     spread,
     train_run,
     write_doc,
@@ -147,7 +148,7 @@ def shown(table: str, sizes: dict[str, int]) -> Shown:
     accs: dict[tuple[str, str], dict[int, float]] = {}
     long_lines: dict[tuple[str, str], str] = {}
     for line in table.splitlines():
-        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        cols = row_cells(line)
         if len(cols) != 4 or cols[0] in ("task", "---"):
             continue
         task, label, _, by_seed = cols

@@ -44,6 +44,7 @@ from benchlib import (
     block,
     recorded_accuracy,
     require_runs,
+    row_cells,
     run_name,
     save_figure,
     spread,
@@ -113,7 +114,7 @@ def shown_in(doc: Path) -> Shown:
     own = block(text, START, END)
     cells = {}
     for line in own.splitlines():
-        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        cols = row_cells(line)
         if len(cols) == 7 and cols[0] not in ("setting", "---"):
             cells.update({(cols[0], task, kind): cols[1 + i] for i, (task, kind) in enumerate(COLUMNS)})
             cells[(cols[0], "step", "ratio")] = cols[6]

@@ -201,6 +201,11 @@ def block(text: str, start: str, end: str) -> str:
     return text.split(start, 1)[1].split(end, 1)[0] if start in text else ""
 
 
+def row_cells(line: str) -> list[str]:
+    """The stripped cells of one markdown table row (``| a | b |`` -> ``["a", "b"]``; a line without ``|``: itself)."""
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
 def write_doc(doc: Path, body: str, start: str, end: str) -> None:
     """Replace what lies between the ``start`` and ``end`` markers of ``doc`` (appended when missing)."""
     text = doc.read_text() if doc.is_file() else f"# Benchmarks\n\n{start}\n{end}\n"
