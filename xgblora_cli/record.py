@@ -118,11 +118,12 @@ def boosters_at(run_dir: Path, step: int | None = None) -> list[MergedBooster]:
     if step is None:
         return boosters
     run = RunDir(run_dir)
-    if step not in run.snapshot_steps():
+    snapshots = run.snapshot_steps()
+    if step not in snapshots:
         ends = record.end_steps()
         if step in ends:
             return boosters[: ends[step]]
-        kept = ", ".join(map(str, run.snapshot_steps())) or "none"
+        kept = ", ".join(map(str, snapshots)) or "none"
         ended = f"boosters ended at steps {', '.join(map(str, sorted(ends)))}" if ends else "its record keeps no end steps"
         raise UserError(f"--step {step}: {run_dir} has no snapshot of step {step} (it kept {kept}; set train.snapshot_every) "
                         f"and no booster ended there ({ended})")
