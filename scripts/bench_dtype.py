@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 
 from bench_quality import BUDGETS, TaskBench
-from benchlib import GLUE_DIR, ROOT, Missing, Runner, require_runs, spread, timed_steps, train_run, write_doc
+from benchlib import GLUE_DIR, ROOT, Missing, Runner, cpu_bf16_flags, require_runs, spread, timed_steps, train_run, write_doc
 
 from xgblora_cli.recipe import PRESETS
 
 START, END = "<!-- bench_dtype:start -->", "<!-- bench_dtype:end -->"
 DTYPES = ["float32", "bfloat16"]
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def parse_args() -> argparse.Namespace:
@@ -51,13 +50,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lrs", nargs="*", default=[])
     p.add_argument("--report-only", action="store_true")
     return p.parse_args()
-
-
-def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
-    """The bf16-arithmetic flags this CPU reports (empty: bf16 matmuls are emulated and slower than fp32)."""
-    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return [flag for flag in BF16_FLAGS if flag in flags]
 
 
 def extra(dtype: str) -> dict | None:

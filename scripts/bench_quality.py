@@ -3,9 +3,11 @@
 Protocol (every step goes through the `xgblora` command line, as a user would run it):
   1. Per task, cut class-balanced training and validation records from GLUE's *training* TSV (scripts/benchlib.py);
      the test split is GLUE's dev (its test labels are not public). SST-2's cut is the quickstart's data/ slice.
-  2. Per method, train every learning rate of its grid with seed 0 and keep the one with the best validation
-     accuracy (``xgblora eval RUN --task choice --data val.jsonl``, label scoring); then train that rate with the
-     other seeds. Same optimizer steps, batch, sequence length and warmup for every method.
+  2. Per method, the learning rate: with ``--rates defaults`` (``make bench-quality``) the preset's shipped rate,
+     which ``scripts/bench_defaults.py`` chose on these validation splits from the ``--rates grid`` runs; with
+     ``--rates grid``, train every rate of the method's grid with seed 0 and keep the one with the best validation
+     accuracy (``xgblora eval RUN --task choice --data val.jsonl``, label scoring). Then train the rate with every
+     seed. Same optimizer steps, batch, sequence length, warmup and dtype for every method.
   3. ``control``: the xgblora preset with *one* rank-1 booster for the whole run (same number of random blocks,
      never merged), at xgblora's chosen rate: what boosting adds over a single small adapter.
   4. Score the base model and every final run on the test split (``xgblora eval --task sst2|rte``), and every
@@ -13,21 +15,26 @@ Protocol (every step goes through the `xgblora` command line, as a user would ru
   5. Write tables between the bench_quality markers of docs/benchmarks.md, a learning-curve PNG, and the loss
      curves of the seed-0 runs (``xgblora report``).
 
+Runs and their evaluations go ``--jobs`` at a time, the cores split between them; the base model is bf16 on a CPU
+with bf16 arithmetic (``--dtype auto``: 1.35-1.65x faster there, scripts/bench_dtype.py) and fp32 elsewhere.
 Finished runs and evaluations in ``--work`` are reused, so an interrupted benchmark continues where it stopped;
 ``--report-only`` writes the tables from what is finished.
 
-    .venv/bin/python scripts/bench_quality.py [--tasks sst2 rte] [--seeds 0 1 2] [--report-only]
+    .venv/bin/python scripts/bench_quality.py [--tasks sst2 rte] [--seeds 0 1 2] [--rates defaults|grid] [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from benchlib import (
     GLUE_DIR,
@@ -36,6 +43,7 @@ from benchlib import (
     Runner,
     TaskBudget,
     accuracy,
+    cpu_bf16_flags,
     cut_glue,
     require_runs,
     save_figure,
@@ -46,6 +54,7 @@ from benchlib import (
     write_records,
 )
 
+from xgblora_cli.recipe import PRESETS
 from xgblora_cli.tasks.glue import GLUE
 
 BUDGETS = {
@@ -53,6 +62,8 @@ BUDGETS = {
     "rte": TaskBudget("rte", train=1040, val=150, steps=100, batch=8, seq=256),
 }
 GRIDS = {"xgblora": [3e-3, 1e-2, 3e-2], "cola": [3e-4, 1e-3, 3e-3, 1e-2], "lora": [3e-4, 1e-3, 3e-3, 1e-2]}
+# ``--rates defaults``: each preset's shipped rate, chosen by bench_defaults.py on validation from GRIDS' runs
+DEFAULT_RATES = {method: [PRESETS[method].learning_rate] for method in GRIDS}
 # test questions per learning-curve point (a seeded subset; the end point uses the whole split): RTE's pairs are
 # long, and a point on all its 277 would cost nearly a training run's time on 2 cores
 CURVE_LIMITS = {"sst2": 200, "rte": 100}
@@ -68,6 +79,13 @@ def parse_args() -> argparse.Namespace:
                    help="replace a method's learning-rate grid, for every task or (with TASK:) one task, "
                         "e.g. xgblora=1e-2 rte:lora=1e-3; control=LR runs the control at LR instead of "
                         "xgblora's chosen rate (so it can run without xgblora in --methods)")
+    p.add_argument("--rates", choices=["defaults", "grid"], default="defaults",
+                   help="defaults: each preset's shipped rate (chosen on validation by bench_defaults.py from the "
+                        "grid's runs); grid: choose again, training every rate of each method's grid (hours more)")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="the frozen base's dtype; auto: bfloat16 on a CPU with bf16 arithmetic (amx_bf16 or "
+                        "avx512_bf16), else float32")
+    p.add_argument("--jobs", type=int, default=2, help="runs and evaluations side by side, the cores split between them")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
@@ -75,10 +93,10 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-def grids(task: str, overrides: list[str]) -> dict[str, list[float]]:
-    """Each method's learning-rate grid for ``task``: GRIDS, replaced by ``METHOD=LR,LR`` overrides for every task
-    and then by ``TASK:METHOD=LR,LR`` overrides for this one."""
-    chosen = dict(GRIDS)
+def grids(task: str, overrides: list[str], base: dict[str, list[float]] = GRIDS) -> dict[str, list[float]]:
+    """Each method's learning-rate grid for ``task``: ``base`` (GRIDS or DEFAULT_RATES), replaced by
+    ``METHOD=LR,LR`` overrides for every task and then by ``TASK:METHOD=LR,LR`` overrides for this one."""
+    chosen = dict(base)
     for scoped in (False, True):
         for item in overrides:
             key, values = item.split("=", 1)
@@ -100,9 +118,10 @@ class TaskBench:
         write_records(self.data["val"], budget.name, val)
         self.test = args.glue / GLUE[budget.name].folder / "dev.tsv"
         self.grids = grids(budget.name, args.lrs)
+        self.extra: dict | None = None  # more recipe keys for every run (bench_quality's own: the dtype)
 
     def run(self, method: str, lr: float, seed: int) -> dict:
-        return train_run(self.runner, self.work, self.budget, self.data["train"], method, lr, seed)
+        return train_run(self.runner, self.work, self.budget, self.data["train"], method, lr, seed, self.extra)
 
     def val_acc(self, target: str, folder: Path) -> float:
         return accuracy(self.runner, target, "choice", self.data["val"], folder / "val_acc.json")
@@ -113,12 +132,31 @@ class TaskBench:
         return accuracy(self.runner, target, self.budget.name, self.test, folder / f"curve_step{step}.json",
                         "--step", str(step), "--limit", str(CURVE_LIMITS[self.budget.name]))
 
+    def grid_point(self, method: str, lr: float, seed: int) -> float:
+        """Train (or reuse) one run of a rate grid and return its validation accuracy."""
+        run = self.run(method, lr, seed)
+        return self.val_acc(str(run["dir"]), run["dir"])
+
     def choose(self, method: str, grid: list[float]) -> tuple[float, dict[float, float]]:
-        """The rate of ``grid`` with the best validation accuracy (ties: the lower rate), and every rate's accuracy."""
-        scores = {lr: self.val_acc(str(run["dir"]), run["dir"]) for lr in grid for run in [self.run(method, lr, self.args.seeds[0])]}
+        """The rate of ``grid`` with the best validation accuracy (ties: the lower rate), and every rate's accuracy;
+        a grid of one rate is that rate, nothing trained or scored for it here."""
+        if len(grid) == 1:
+            return grid[0], {}
+        scores = {lr: self.grid_point(method, lr, self.args.seeds[0]) for lr in grid}
         best = max(sorted(scores), key=lambda lr: scores[lr])
         print(f"{self.budget.name} {method}: validation accuracy by rate {scores} -> {best:g}", flush=True)
         return best, scores
+
+    def base_scores(self) -> tuple[float, float]:
+        """The untouched base model's (validation, test) accuracy."""
+        folder = self.work / self.budget.name / "base"
+        return self.val_acc("smollm2-135m", folder), self.test_acc("smollm2-135m", folder)
+
+    def finish(self, method: str, lr: float, seed: int) -> None:
+        """Train one run of the comparison and score it: on the whole test split and at its curve's steps."""
+        run = self.run(method, lr, seed)
+        self.test_acc(str(run["dir"]), run["dir"])
+        self.curve(run)
 
     def curve(self, run: dict) -> list[tuple[int, float, float]]:
         """(step, seconds of training, test accuracy on the curve subset) at every snapshot of ``run``."""
@@ -130,26 +168,41 @@ class TaskBench:
         return points
 
 
+class NoRate(Exception):
+    """The control's rate is xgblora's chosen one, and xgblora has none (not run, or not in --methods)."""
+
+
+def rate_of(bench: TaskBench, method: str, chosen: dict[str, float]) -> tuple[float, dict[float, float], str]:
+    """(rate, validation accuracy by rate of the grid, where a rate not chosen here came from) for ``method``;
+    ``chosen``: the rates of the methods before it. Raises Missing while a grid run is unfinished (--report-only)."""
+    if method == "control":
+        given = "control" in bench.grids
+        rate = bench.grids["control"][0] if given else chosen.get("xgblora")
+        if rate is None:
+            raise NoRate(method)
+        return rate, {}, "given by --lrs" if given else "xgblora's"
+    best, scores = bench.choose(method, bench.grids[method])
+    source = "" if scores else ("the preset's default" if bench.grids[method] == DEFAULT_RATES.get(method) else "given by --lrs")
+    return best, scores, source
+
+
+def chosen_rates(bench: TaskBench, methods: list[str], unfinished: list[str]) -> dict[str, tuple[float, dict[float, float], str]]:
+    """:func:`rate_of` for every method that has one yet; the others are named in ``unfinished``."""
+    rates: dict[str, tuple[float, dict[float, float], str]] = {}
+    for method in methods:
+        try:
+            rates[method] = rate_of(bench, method, {m: rate[0] for m, rate in rates.items()})
+        except NoRate:
+            unfinished.append(f"{bench.budget.name} control (needs xgblora's rate, or --lrs control=LR)")
+        except Missing:
+            unfinished.append(f"{bench.budget.name} {method} (learning-rate grid)")
+    return rates
+
+
 def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> dict[str, dict]:
     """Per method: chosen rate, validation accuracy by rate, test accuracies by seed, curves, wall times."""
     rows: dict[str, dict] = {}
-    chosen: dict[str, float] = {}
-    for method in methods:
-        try:
-            source = ""  # where a rate not chosen on validation came from (the control's)
-            if method == "control":
-                given = "control" in bench.grids
-                rate = bench.grids["control"][0] if given else chosen.get("xgblora")
-                if rate is None:
-                    unfinished.append(f"{bench.budget.name} control (needs xgblora's rate, or --lrs control=LR)")
-                    continue
-                best, grid_scores, source = rate, {}, "given by --lrs" if given else "xgblora's"
-            else:
-                best, grid_scores = bench.choose(method, bench.grids[method])
-            chosen[method] = best
-        except Missing:
-            unfinished.append(f"{bench.budget.name} {method} (learning-rate grid)")
-            continue
+    for method, (best, grid_scores, source) in chosen_rates(bench, methods, unfinished).items():
         runs, tests, curves = [], [], []
         for seed in bench.args.seeds:
             try:
@@ -163,6 +216,41 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
         if runs:
             rows[method] = {"lr": best, "grid": grid_scores, "source": source, "test": tests, "curves": curves, "runs": runs}
     return rows
+
+
+COST_ORDER = ["lora", "cola", "xgblora", "control"]  # slowest steps first, so that two queues end together
+
+
+def run_side_by_side(jobs: list[Callable[[], object]], workers: int) -> None:
+    """Call every job, ``workers`` at a time; the first failure cancels what has not started and is raised."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def prefetch(benches: list[TaskBench], methods: list[str], seeds: list[int], workers: int) -> None:
+    """Compute what the tables need, ``workers`` commands at a time, longest first: first the base model's scores and
+    the seed-0 runs of every rate grid (with their validation scores), then, at the chosen rates, every seed's run
+    with its test score and curve. The tables are then read back from the finished results."""
+    benches = sorted(benches, key=lambda bench: -bench.budget.seq)
+    first: list[Callable[[], object]] = []
+    for bench in benches:
+        first.append(bench.base_scores)
+        for method in [m for m in COST_ORDER if m in methods and m != "control"]:
+            if len(bench.grids[method]) > 1:
+                first += [lambda b=bench, m=method, lr=lr: b.grid_point(m, lr, seeds[0]) for lr in bench.grids[method]]
+    run_side_by_side(first, workers)
+    then: list[Callable[[], object]] = []
+    for bench in benches:
+        rates = chosen_rates(bench, methods, [])
+        for seed in seeds:
+            then += [lambda b=bench, m=m, lr=rates[m][0], s=seed: b.finish(m, lr, s) for m in COST_ORDER if m in rates]
+    run_side_by_side(then, workers)
 
 
 # the per-step configuration scripts/bench_tradeoff.py times for each method (the control steps like xgblora)
@@ -216,9 +304,23 @@ def task_table(task: str, base: tuple[float, float], base_dir: Path, rows: dict[
     return "\n".join(lines)
 
 
-def curve_table(rows: dict[str, dict], cost: dict[str, float]) -> str:
+def run_cost(rows: dict[str, dict]) -> dict[str, float]:
+    """Each method's mean step time over lora's, from the runs' own medians (empty without lora's runs): a fair
+    ratio when the runs met the same load, as ``--jobs`` runs do, side by side from one queue."""
+    means = {method: statistics.mean(run["step_s"] for run in row["runs"]) for method, row in rows.items()}
+    return {method: mean / means["lora"] for method, mean in means.items()} if "lora" in means else {}
+
+
+def chosen_dtype(asked: str) -> str:
+    """``asked``, or for ``auto`` bfloat16 on a CPU with bf16 arithmetic and float32 elsewhere."""
+    if asked != "auto":
+        return asked
+    return "bfloat16" if cpu_bf16_flags() else "float32"
+
+
+def curve_table(rows: dict[str, dict], cost: dict[str, float], source: str = "same run") -> str:
     steps = [p[0] for p in next(iter(rows.values()))["curves"][0]] if rows else []
-    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + " | step time vs lora (same run) |",
+    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + f" | step time vs lora ({source}) |",
              "|---|" + "---|" * (len(steps) + 1)]
     for method, row in rows.items():
         cells = [spread([c[i][2] for c in row["curves"]]) for i in range(len(steps))]
@@ -226,7 +328,7 @@ def curve_table(rows: dict[str, dict], cost: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(results: dict[str, dict], cost: dict[str, float], out: Path) -> None:
+def plot_curves(results: dict[str, dict], costs: dict[str, dict[str, float]], out: Path) -> None:
     """Test accuracy against steps and against training time in lora steps (steps x the method's same-run step
     time over lora's), one panel pair per task."""
     import matplotlib
@@ -237,7 +339,7 @@ def plot_curves(results: dict[str, dict], cost: dict[str, float], out: Path) -> 
     figure, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
     for row_axes, (task, rows) in zip(axes, results.items()):
         for method, row in rows.items():
-            for column, scale, label in ((0, 1.0, "optimizer step"), (1, cost.get(method), "training time in lora steps (same-run step-time ratio)")):
+            for column, scale, label in ((0, 1.0, "optimizer step"), (1, costs[task].get(method), "training time in lora steps (step-time ratio)")):
                 if scale is None:
                     continue
                 xs = [scale * c[0] for c in row["curves"][0]]
@@ -252,38 +354,50 @@ def main() -> None:
     args = parse_args()
     if args.report_only:
         require_runs(args.work, args.doc)
-    runner = Runner(args.report_only)
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    runner = Runner(args.report_only, max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     started = time.perf_counter()
+    dtype = chosen_dtype(args.dtype)
+    benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
+    for task, bench in benches.items():
+        bench.grids = grids(task, args.lrs, DEFAULT_RATES if args.rates == "defaults" else GRIDS)
+        bench.extra = None if dtype == "float32" else {"dtype": dtype}
+    if not args.report_only:
+        prefetch(list(benches.values()), args.methods, args.seeds, args.jobs)
     sections, results, unfinished, loss_runs = [], {}, [], []
-    cost = step_cost(args.work)
-    for task in args.tasks:
-        bench = TaskBench(args, runner, BUDGETS[task])
+    timed = step_cost(args.work)
+    costs: dict[str, dict[str, float]] = {}
+    for task, bench in benches.items():
         base_dir = args.work / task / "base"
         try:
-            base = (bench.val_acc("smollm2-135m", base_dir), bench.test_acc("smollm2-135m", base_dir))
+            base = bench.base_scores()
         except Missing:
             unfinished.append(f"{task} base")
             continue
         rows = method_rows(bench, args.methods, unfinished)
         results[task] = rows
+        costs[task] = timed or run_cost(rows)
         loss_runs += [str(row["runs"][0]["dir"]) for row in rows.values()]
         budget = BUDGETS[task]
         sections.append(f"{task_table(task, base, base_dir, rows)}\n\nTest accuracy against steps ({CURVE_LIMITS[task]} seeded test "
                         f"questions per point, mean ± sd over seeds; budget {budget.steps} steps x batch {budget.batch}, "
                         f"at most {budget.seq} tokens, {2 * budget.train} training / {2 * budget.val} validation records):"
-                        f"\n\n{curve_table(rows, cost) if rows else '(no finished run yet)'}")
+                        f"\n\n{curve_table(rows, costs[task], 'same run' if timed else 'these runs') if rows else '(no finished run yet)'}")
     if args.report_only and unfinished:  # a table that shows less than the one in the doc is never written
         raise SystemExit(f"not finished in {args.work}: {', '.join(unfinished[:4])}{' ...' if len(unfinished) > 4 else ''}"
                          f" ({len(unfinished)} in all); {args.doc} is left as it is. --report-only rewrites only complete "
                          "tables: measure them first (the same command without --report-only)")
     plot = args.doc.parent / "bench_quality_curves.png"
     if results and any(results.values()):
-        plot_curves({task: rows for task, rows in results.items() if rows}, cost, plot)
+        plot_curves({task: rows for task, rows in results.items() if rows}, costs, plot)
     if loss_runs and not args.report_only:
         runner.cli("report", *loss_runs, "--out", str(args.doc.parent / "bench_quality_loss.png"))
     command = "python scripts/bench_quality.py " + shlex.join(sys.argv[1:])
+    work = args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work
     body = (f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s for this invocation; finished runs in "
-            f"`runs/bench_quality` are reused). Accuracy in %, label scoring (`xgblora eval`'s default); test accuracy "
+            f"`{work}` are reused). Runs in {dtype} (the base model is scored as shipped, float32), {args.jobs} side by "
+            f"side. Accuracy in %, label scoring (`xgblora eval`'s default); test accuracy "
             f"mean ± standard deviation over seeds {' '.join(map(str, args.seeds))}.\n\n"
             + (f"Not finished when this was written: {', '.join(unfinished)}.\n\n" if unfinished else "")
             + "\n\n".join(sections)

@@ -8,6 +8,7 @@ test split is GLUE's dev (its test labels are not public).
 from __future__ import annotations
 
 import json
+import os
 import random
 import shlex
 import statistics
@@ -44,16 +45,29 @@ class Missing(Exception):
 
 
 class Runner:
-    """Runs `xgblora` commands (or, with ``report_only``, refuses to, raising :class:`Missing`)."""
+    """Runs `xgblora` commands (or, with ``report_only``, refuses to, raising :class:`Missing`); ``threads``: the
+    torch threads of each command (OMP_NUM_THREADS), for commands run side by side; None: torch's default."""
 
-    def __init__(self, report_only: bool = False) -> None:
+    def __init__(self, report_only: bool = False, threads: int | None = None) -> None:
         self.report_only = report_only
+        self.threads = threads
 
     def cli(self, *args: str) -> None:
         if self.report_only:
             raise Missing(shlex.join(args))
         print("$", shlex.join(["xgblora", *args]), flush=True)
-        subprocess.run([sys.executable, "-m", "xgblora_cli", *args], check=True, cwd=ROOT)
+        env = None if self.threads is None else {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
+        subprocess.run([sys.executable, "-m", "xgblora_cli", *args], check=True, cwd=ROOT, env=env)
+
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
+    """The bf16-arithmetic flags this CPU reports (empty: bf16 matmuls are emulated and slower than fp32)."""
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return [flag for flag in BF16_FLAGS if flag in flags]
 
 
 def balanced(rows: list[dict], sizes: list[int], rng: random.Random, min_words: int = 0) -> list[list[dict]]:

@@ -1,4 +1,4 @@
-"""The bf16-base benchmark (scripts/bench_dtype.py): the CPU's bf16 flags, the run names it shares with
+"""The bf16-base benchmark (scripts/bench_dtype.py): the run names it shares with
 bench_quality, and the speed-up it reports."""
 
 from __future__ import annotations
@@ -11,15 +11,6 @@ from tests.scripts import load_script
 load_script("benchlib")
 load_script("bench_quality")
 bench_dtype = load_script("bench_dtype")
-
-
-def test_cpu_bf16_flags_reads_the_flags_line(tmp_path: Path) -> None:
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
-    assert bench_dtype.cpu_bf16_flags(cpuinfo) == ["avx512_bf16"]
-    cpuinfo.write_text("flags\t\t: fpu avx2\n")
-    assert bench_dtype.cpu_bf16_flags(cpuinfo) == []
-    assert bench_dtype.cpu_bf16_flags(tmp_path / "missing") == []
 
 
 def test_float32_runs_are_bench_qualitys_own_and_bf16_runs_are_named_apart() -> None:

@@ -74,3 +74,99 @@ def test_report_only_never_writes_an_unfinished_table(tmp_path: Path, monkeypatc
     with pytest.raises(SystemExit, match=r"not finished in .*: rte base .* is left as it is"):
         bench_quality.main()
     assert "the measured tables" in doc.read_text()
+
+
+class _FakeBench:
+    """What prefetch() asks of a TaskBench, recording the calls instead of training or scoring."""
+
+    def __init__(self, name: str, seq: int, grids: dict[str, list[float]], calls: list) -> None:
+        self.budget = benchlib.TaskBudget(name, train=1, val=1, steps=10, batch=1, seq=seq)
+        self.grids, self.calls = grids, calls
+
+    def base_scores(self) -> tuple[float, float]:
+        self.calls.append((self.budget.name, "base"))
+        return 50.0, 50.0
+
+    def run(self, method: str, lr: float, seed: int) -> dict:
+        self.calls.append((self.budget.name, "run", method, lr, seed))
+        return {"dir": Path(f"/runs/{method}_{lr:g}_{seed}")}
+
+    def val_acc(self, target: str, folder: Path) -> float:
+        return {0.01: 70.0, 0.003: 80.0}.get(float(folder.name.split("_")[1]), 60.0)
+
+    def grid_point(self, method: str, lr: float, seed: int) -> float:
+        return load_script("bench_quality").TaskBench.grid_point(self, method, lr, seed)
+
+    def choose(self, method: str, grid: list[float]) -> tuple[float, dict[float, float]]:
+        return load_script("bench_quality").TaskBench.choose(self, method, grid)
+
+    @property
+    def args(self):  # choose() reads the seeds
+        return type("Args", (), {"seeds": [0, 1]})()
+
+    def finish(self, method: str, lr: float, seed: int) -> None:
+        self.calls.append((self.budget.name, "finish", method, lr, seed))
+
+
+def test_defaults_are_the_shipped_rates_and_a_one_rate_grid_trains_nothing_to_choose() -> None:
+    bench_quality = load_script("bench_quality")
+    from xgblora_cli.recipe import PRESETS
+
+    chosen = bench_quality.grids("rte", ["rte:lora=3e-3"], bench_quality.DEFAULT_RATES)
+    assert chosen["xgblora"] == [PRESETS["xgblora"].learning_rate] and chosen["cola"] == [PRESETS["cola"].learning_rate]
+    assert chosen["lora"] == [3e-3]
+    calls: list = []
+    bench = _FakeBench("rte", 256, chosen, calls)
+    assert bench_quality.rate_of(bench, "xgblora", {}) == (PRESETS["xgblora"].learning_rate, {}, "the preset's default")
+    assert bench_quality.rate_of(bench, "lora", {}) == (3e-3, {}, "given by --lrs")
+    assert bench_quality.rate_of(bench, "control", {"xgblora": 0.01}) == (0.01, {}, "xgblora's")
+    assert calls == []  # nothing trained to choose a rate given outright
+
+
+def test_prefetch_runs_the_grids_first_then_every_seed_at_the_chosen_rate_longest_task_first() -> None:
+    bench_quality = load_script("bench_quality")
+    calls: list = []
+    sst2 = _FakeBench("sst2", 128, {"xgblora": [0.003, 0.01], "lora": [0.001]}, calls)
+    rte = _FakeBench("rte", 256, {"xgblora": [0.01], "lora": [0.001]}, calls)
+    bench_quality.prefetch([sst2, rte], ["xgblora", "lora", "control"], [0, 1], workers=1)
+    finished = [call for call in calls if call[1] == "finish"]
+    assert finished == [("rte", "finish", "lora", 0.001, 0), ("rte", "finish", "xgblora", 0.01, 0), ("rte", "finish", "control", 0.01, 0),
+                        ("rte", "finish", "lora", 0.001, 1), ("rte", "finish", "xgblora", 0.01, 1), ("rte", "finish", "control", 0.01, 1),
+                        ("sst2", "finish", "lora", 0.001, 0), ("sst2", "finish", "xgblora", 0.003, 0), ("sst2", "finish", "control", 0.003, 0),
+                        ("sst2", "finish", "lora", 0.001, 1), ("sst2", "finish", "xgblora", 0.003, 1), ("sst2", "finish", "control", 0.003, 1)]
+    grid_runs = {call[2:] for call in calls[: calls.index(finished[0])] if call[1] == "run"}
+    assert grid_runs == {("xgblora", 0.003, 0), ("xgblora", 0.01, 0)}  # only a grid of 2+ rates is trained to choose
+    assert calls.index(("rte", "base")) < calls.index(finished[0]) and ("sst2", "base") in calls
+
+
+def test_side_by_side_jobs_run_at_once_and_a_failure_is_raised() -> None:
+    import threading
+
+    bench_quality = load_script("bench_quality")
+    meet = threading.Barrier(2, timeout=10)  # passes only if both jobs run at the same time
+    bench_quality.run_side_by_side([meet.wait, meet.wait], workers=2)
+
+    def fails() -> None:
+        raise RuntimeError("run failed")
+
+    with pytest.raises(RuntimeError, match="run failed"):
+        bench_quality.run_side_by_side([fails, lambda: None], workers=2)
+
+
+def test_run_cost_is_each_methods_mean_step_time_over_loras_and_auto_dtype_follows_the_cpu(monkeypatch) -> None:
+    bench_quality = load_script("bench_quality")
+    rows = {"lora": {"runs": [{"step_s": 2.0}, {"step_s": 4.0}]}, "xgblora": {"runs": [{"step_s": 1.5}, {"step_s": 2.1}]}}
+    assert bench_quality.run_cost(rows) == pytest.approx({"lora": 1.0, "xgblora": 0.6})
+    assert bench_quality.run_cost({"xgblora": rows["xgblora"]}) == {}
+    monkeypatch.setattr(bench_quality, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    assert bench_quality.chosen_dtype("auto") == "bfloat16" and bench_quality.chosen_dtype("float32") == "float32"
+    monkeypatch.setattr(bench_quality, "cpu_bf16_flags", lambda: [])
+    assert bench_quality.chosen_dtype("auto") == "float32"
+
+
+def test_runner_gives_each_command_its_thread_count(monkeypatch) -> None:
+    seen: list = []
+    monkeypatch.setattr(benchlib.subprocess, "run", lambda *a, **kw: seen.append(kw.get("env")))
+    benchlib.Runner(threads=1).cli("eval", "--help")
+    benchlib.Runner().cli("eval", "--help")
+    assert seen[0]["OMP_NUM_THREADS"] == "1" and seen[1] is None

@@ -1,4 +1,4 @@
-"""What the quality benchmarks share (scripts/benchlib.py): reading back nothing never blanks a table."""
+"""What the quality benchmarks share (scripts/benchlib.py): reading back nothing never blanks a table; the CPU's bf16 flags."""
 
 from __future__ import annotations
 
@@ -18,3 +18,12 @@ def test_require_runs_stops_on_a_work_folder_without_a_finished_run_and_names_th
         benchlib.require_runs(work, doc)
     (work / "sst2" / "lora_lr0.001_s0" / "bench_wall_s.txt").write_text("61.0\n")
     benchlib.require_runs(work, doc)  # one finished run: the table can be read back
+
+
+def test_cpu_bf16_flags_reads_the_flags_line(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert benchlib.cpu_bf16_flags(cpuinfo) == ["avx512_bf16"]
+    cpuinfo.write_text("flags\t\t: fpu avx2\n")
+    assert benchlib.cpu_bf16_flags(cpuinfo) == []
+    assert benchlib.cpu_bf16_flags(tmp_path / "missing") == []
