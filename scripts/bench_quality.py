@@ -32,7 +32,6 @@ import shlex
 import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -43,9 +42,10 @@ from benchlib import (
     Runner,
     TaskBudget,
     accuracy,
-    cpu_bf16_flags,
+    chosen_dtype,
     cut_glue,
     require_runs,
+    run_side_by_side,
     save_figure,
     spread,
     step_times_file,
@@ -221,18 +221,6 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
 COST_ORDER = ["lora", "cola", "xgblora", "control"]  # slowest steps first, so that two queues end together
 
 
-def run_side_by_side(jobs: list[Callable[[], object]], workers: int) -> None:
-    """Call every job, ``workers`` at a time; the first failure cancels what has not started and is raised."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(job) for job in jobs]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            pool.shutdown(cancel_futures=True)
-            raise
-
-
 def prefetch(benches: list[TaskBench], methods: list[str], seeds: list[int], workers: int) -> None:
     """Compute what the tables need, ``workers`` commands at a time, longest first: first the base model's scores and
     the seed-0 runs of every rate grid (with their validation scores), then, at the chosen rates, every seed's run
@@ -309,13 +297,6 @@ def run_cost(rows: dict[str, dict]) -> dict[str, float]:
     ratio when the runs met the same load, as ``--jobs`` runs do, side by side from one queue."""
     means = {method: statistics.mean(run["step_s"] for run in row["runs"]) for method, row in rows.items()}
     return {method: mean / means["lora"] for method, mean in means.items()} if "lora" in means else {}
-
-
-def chosen_dtype(asked: str) -> str:
-    """``asked``, or for ``auto`` bfloat16 on a CPU with bf16 arithmetic and float32 elsewhere."""
-    if asked != "auto":
-        return asked
-    return "bfloat16" if cpu_bf16_flags() else "float32"
 
 
 def curve_table(rows: dict[str, dict], cost: dict[str, float], source: str = "same run") -> str:

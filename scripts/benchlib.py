@@ -15,8 +15,10 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import yaml
 
@@ -68,6 +70,25 @@ def cpu_bf16_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> list[str]:
     text = cpuinfo.read_text() if cpuinfo.is_file() else ""
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return [flag for flag in BF16_FLAGS if flag in flags]
+
+
+def chosen_dtype(asked: str) -> str:
+    """``asked``, or for ``auto`` bfloat16 on a CPU with bf16 arithmetic and float32 elsewhere."""
+    if asked != "auto":
+        return asked
+    return "bfloat16" if cpu_bf16_flags() else "float32"
+
+
+def run_side_by_side(jobs: list[Callable[[], object]], workers: int) -> None:
+    """Call every job, ``workers`` at a time; the first failure cancels what has not started and is raised."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(job) for job in jobs]
+        try:
+            for future in futures:
+                future.result()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
 
 
 def balanced(rows: list[dict], sizes: list[int], rng: random.Random, min_words: int = 0) -> list[list[dict]]:

@@ -144,13 +144,13 @@ def test_side_by_side_jobs_run_at_once_and_a_failure_is_raised() -> None:
 
     bench_quality = load_script("bench_quality")
     meet = threading.Barrier(2, timeout=10)  # passes only if both jobs run at the same time
-    bench_quality.run_side_by_side([meet.wait, meet.wait], workers=2)
+    benchlib.run_side_by_side([meet.wait, meet.wait], workers=2)
 
     def fails() -> None:
         raise RuntimeError("run failed")
 
     with pytest.raises(RuntimeError, match="run failed"):
-        bench_quality.run_side_by_side([fails, lambda: None], workers=2)
+        benchlib.run_side_by_side([fails, lambda: None], workers=2)
 
 
 def test_run_cost_is_each_methods_mean_step_time_over_loras_and_auto_dtype_follows_the_cpu(monkeypatch) -> None:
@@ -158,10 +158,10 @@ def test_run_cost_is_each_methods_mean_step_time_over_loras_and_auto_dtype_follo
     rows = {"lora": {"runs": [{"step_s": 2.0}, {"step_s": 4.0}]}, "xgblora": {"runs": [{"step_s": 1.5}, {"step_s": 2.1}]}}
     assert bench_quality.run_cost(rows) == pytest.approx({"lora": 1.0, "xgblora": 0.6})
     assert bench_quality.run_cost({"xgblora": rows["xgblora"]}) == {}
-    monkeypatch.setattr(bench_quality, "cpu_bf16_flags", lambda: ["amx_bf16"])
-    assert bench_quality.chosen_dtype("auto") == "bfloat16" and bench_quality.chosen_dtype("float32") == "float32"
-    monkeypatch.setattr(bench_quality, "cpu_bf16_flags", lambda: [])
-    assert bench_quality.chosen_dtype("auto") == "float32"
+    monkeypatch.setattr(benchlib, "cpu_bf16_flags", lambda: ["amx_bf16"])
+    assert benchlib.chosen_dtype("auto") == "bfloat16" and benchlib.chosen_dtype("float32") == "float32"
+    monkeypatch.setattr(benchlib, "cpu_bf16_flags", lambda: [])
+    assert benchlib.chosen_dtype("auto") == "float32"
 
 
 def test_runner_gives_each_command_its_thread_count(monkeypatch) -> None:
