@@ -347,7 +347,7 @@ def main() -> None:
     if not args.report_only:
         prefetch(list(benches.values()), args.methods, args.seeds, args.jobs)
     sections, results, unfinished, loss_runs = [], {}, [], []
-    timed = step_cost(args.work)
+    timed = step_cost(args.work) if dtype == "float32" else {}  # bench_tradeoff.py times float32 steps
     costs: dict[str, dict[str, float]] = {}
     for task, bench in benches.items():
         base_dir = args.work / task / "base"
