@@ -46,13 +46,14 @@ bench-defaults: $(STAMP)
 
 # xgblora's sensitivity on SST-2 validation (rate, kappa, k, rank, alpha, the variants), the cola and lora presets'
 # rates over the same seeds, long runs of 400 and 600 steps (xgblora and lora), then what a user should pick:
-# accuracy against planned 8B memory and measured step time (hours; resumable, runs shared with bench-quality)
+# accuracy against planned 8B memory and measured step time (hours; resumable, runs shared with bench-defaults)
 bench-sensitivity: $(STAMP)
 	$(PY) scripts/bench_sensitivity.py
 	$(PY) scripts/bench_tradeoff.py
 
 # a bf16 base against float32 on this CPU: step time (interleaved rounds, as a ratio) and SST-2 validation accuracy
-# of the xgblora and lora presets (about an hour on 2 cores; resumable, float32 runs shared with bench-quality)
+# of the xgblora and lora presets (about an hour on 2 cores; resumable, float32 runs shared with bench-defaults,
+# bf16 ones with bench-quality)
 bench-dtype: $(STAMP)
 	$(PY) scripts/bench_dtype.py
 
