@@ -70,6 +70,13 @@ CURVE_LIMITS = {"sst2": 200, "rte": 100}
 START, END = "<!-- bench_quality:start -->", "<!-- bench_quality:end -->"
 
 
+def outputs(rates: str) -> tuple[str, str, str]:
+    """(name, doc start marker, doc end marker) of what ``--rates`` writes: the shipped-rate comparison and the rate
+    grids each have their own tables and plots (``NAME_curves.png``, ``NAME_loss.png``), so neither overwrites the other."""
+    name = "bench_quality" if rates == "defaults" else "bench_quality_grid"
+    return name, f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=list(BUDGETS), choices=list(BUDGETS))
@@ -369,11 +376,12 @@ def main() -> None:
         raise SystemExit(f"not finished in {args.work}: {', '.join(unfinished[:4])}{' ...' if len(unfinished) > 4 else ''}"
                          f" ({len(unfinished)} in all); {args.doc} is left as it is. --report-only rewrites only complete "
                          "tables: measure them first (the same command without --report-only)")
-    plot = args.doc.parent / "bench_quality_curves.png"
+    name, start, end = outputs(args.rates)
+    plot, loss_plot = args.doc.parent / f"{name}_curves.png", args.doc.parent / f"{name}_loss.png"
     if results and any(results.values()):
         plot_curves({task: rows for task, rows in results.items() if rows}, costs, plot)
     if loss_runs and not args.report_only:
-        runner.cli("report", *loss_runs, "--out", str(args.doc.parent / "bench_quality_loss.png"))
+        runner.cli("report", *loss_runs, "--out", str(loss_plot))
     command = "python scripts/bench_quality.py " + shlex.join(sys.argv[1:])
     work = args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work
     body = (f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s for this invocation; finished runs in "
@@ -382,8 +390,8 @@ def main() -> None:
             f"mean ± standard deviation over seeds {' '.join(map(str, args.seeds))}.\n\n"
             + (f"Not finished when this was written: {', '.join(unfinished)}.\n\n" if unfinished else "")
             + "\n\n".join(sections)
-            + f"\n\n![test accuracy against steps and seconds]({plot.name})\n\n![training loss, seed 0](bench_quality_loss.png)")
-    write_doc(args.doc, body, START, END)
+            + f"\n\n![test accuracy against steps and seconds]({plot.name})\n\n![training loss, seed 0]({loss_plot.name})")
+    write_doc(args.doc, body, start, end)
     (args.work / "summary.json").write_text(json.dumps(
         {task: {m: {k: v for k, v in row.items() if k != "runs"} for m, row in rows.items()} for task, rows in results.items()},
         indent=2, default=str))

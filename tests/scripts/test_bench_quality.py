@@ -170,3 +170,13 @@ def test_runner_gives_each_command_its_thread_count(monkeypatch) -> None:
     benchlib.Runner(threads=1).cli("eval", "--help")
     benchlib.Runner().cli("eval", "--help")
     assert seen[0]["OMP_NUM_THREADS"] == "1" and seen[1] is None
+
+
+def test_the_grid_protocol_writes_its_own_tables_and_plots_never_the_shipped_rate_ones() -> None:
+    bench_quality = load_script("bench_quality")
+    name, start, end = bench_quality.outputs("defaults")
+    assert (name, start, end) == ("bench_quality", bench_quality.START, bench_quality.END)
+    grid_name, grid_start, _ = bench_quality.outputs("grid")
+    assert grid_name != name and grid_start != start
+    doc = (ROOT / "docs" / "benchmarks.md").read_text()
+    assert doc.count(start) == 1 and doc.count(grid_start) == 1  # both sections exist, once each
