@@ -116,7 +116,10 @@ def grids(task: str, overrides: list[str], base: dict[str, list[float]] = GRIDS)
 class TaskBench:
     """One task's runs, validation choices, test scores and learning curves."""
 
-    def __init__(self, args: argparse.Namespace, runner: Runner, budget: TaskBudget) -> None:
+    def __init__(self, args: argparse.Namespace, runner: Runner, budget: TaskBudget,
+                 rates: dict[str, list[float]] = GRIDS, extra: dict | None = None) -> None:
+        """``rates``: each method's rates before ``args.lrs`` (GRIDS or DEFAULT_RATES); ``extra``: more recipe keys
+        for every run (bench_quality's own: the dtype)."""
         self.args, self.runner, self.budget = args, runner, budget
         self.work = args.work
         train, val = cut_glue(args.glue, budget)
@@ -124,8 +127,8 @@ class TaskBench:
         write_records(self.data["train"], budget.name, train)
         write_records(self.data["val"], budget.name, val)
         self.test = args.glue / GLUE[budget.name].folder / "dev.tsv"
-        self.grids = grids(budget.name, args.lrs)
-        self.extra: dict | None = None  # more recipe keys for every run (bench_quality's own: the dtype)
+        self.grids = grids(budget.name, args.lrs, rates)
+        self.extra = extra
 
     def run(self, method: str, lr: float, seed: int) -> dict:
         return train_run(self.runner, self.work, self.budget, self.data["train"], method, lr, seed, self.extra)
@@ -159,11 +162,11 @@ class TaskBench:
         folder = self.work / self.budget.name / "base"
         return self.val_acc("smollm2-135m", folder), self.test_acc("smollm2-135m", folder)
 
-    def finish(self, method: str, lr: float, seed: int) -> None:
-        """Train one run of the comparison and score it: on the whole test split and at its curve's steps."""
+    def finish(self, method: str, lr: float, seed: int) -> tuple[dict, float, list[tuple[int, float, float]]]:
+        """Train (or reuse) one run of the comparison and score (or read back) it: (run, accuracy on the whole test
+        split, its curve)."""
         run = self.run(method, lr, seed)
-        self.test_acc(str(run["dir"]), run["dir"])
-        self.curve(run)
+        return run, self.test_acc(str(run["dir"]), run["dir"]), self.curve(run)
 
     def curve(self, run: dict) -> list[tuple[int, float, float]]:
         """(step, seconds of training, test accuracy on the curve subset) at every snapshot of ``run``."""
@@ -213,8 +216,7 @@ def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> 
         runs, tests, curves = [], [], []
         for seed in bench.args.seeds:
             try:
-                run = bench.run(method, best, seed)
-                test, curve = bench.test_acc(str(run["dir"]), run["dir"]), bench.curve(run)
+                run, test, curve = bench.finish(method, best, seed)
                 tests.append(test)  # appended together: a run whose curve is unfinished counts nowhere
                 curves.append(curve)
                 runs.append(run)
@@ -347,10 +349,8 @@ def main() -> None:
     runner = Runner(args.report_only, max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
     started = time.perf_counter()
     dtype = chosen_dtype(args.dtype)
-    benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
-    for task, bench in benches.items():
-        bench.grids = grids(task, args.lrs, DEFAULT_RATES if args.rates == "defaults" else GRIDS)
-        bench.extra = None if dtype == "float32" else {"dtype": dtype}
+    rates, extra = DEFAULT_RATES if args.rates == "defaults" else GRIDS, None if dtype == "float32" else {"dtype": dtype}
+    benches = {task: TaskBench(args, runner, BUDGETS[task], rates, extra) for task in args.tasks}
     if not args.report_only:
         prefetch(list(benches.values()), args.methods, args.seeds, args.jobs)
     sections, results, unfinished, loss_runs = [], {}, [], []
