@@ -170,6 +170,12 @@ class Trainer:
         self.booster, self.optimizer = None, None
         self.failures = 0
 
+    def _start_booster(self) -> None:
+        """Attach the booster of this step's window and its fresh optimizer."""
+        self.booster = self.engine.start(self.step // self.plan.steps_per_booster, self.attempt)
+        self.optimizer = make_optimizer(self.booster, self.args, self.peak_lr)
+        carry_second_moments(self.optimizer, self.carried)
+
     def _snapshot(self) -> None:
         """Keep the state after this step (the record's length and the booster in flight) for eval --step."""
         booster = self.booster
@@ -231,9 +237,7 @@ class Trainer:
         with TrainProgress(total, self.step) if self.show_progress else NoProgress() as bar:
             while self.step < total:
                 if self.booster is None:
-                    self.booster = self.engine.start(self.step // kappa, self.attempt)
-                    self.optimizer = make_optimizer(self.booster, self.args, self.peak_lr)
-                    carry_second_moments(self.optimizer, self.carried)
+                    self._start_booster()
                 started = time.perf_counter()
                 loss, tokens = self._train_step()
                 lr = self.optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
