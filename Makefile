@@ -25,44 +25,44 @@ quickstart: $(STAMP)
 
 # PEFT is a benchmark and test dependency (the dev extra), never a run-time one.
 bench: $(STAMP)
-	$(PY) scripts/bench_loss.py
-	$(PY) scripts/bench_speed.py --batch 4 --seq 128 --steps 4 --rounds 3
-	$(PY) scripts/bench_merge.py
-	$(PY) scripts/bench_packing.py
-	$(PY) scripts/bench_sharding.py
+	$(PY) -m benchmarks loss
+	$(PY) -m benchmarks speed --batch 4 --seq 128 --steps 4 --rounds 3
+	$(PY) -m benchmarks merge
+	$(PY) -m benchmarks packing
+	$(PY) -m benchmarks sharding
 
 # base vs xgblora vs cola vs lora (and the single-adapter control) on GLUE SST-2 and RTE from ../shared/data/glue:
 # each preset at its shipped rate (chosen on validation by bench-defaults), 3 seeds, GLUE dev as test, learning
 # curves, two runs side by side (about 2 hours on 2 cores with AMX; resumable: finished runs and evaluations in
 # runs/bench_quality are reused)
 bench-quality: $(STAMP)
-	$(PY) scripts/bench_quality.py
+	$(PY) -m benchmarks quality
 
 # how the shipped rates were chosen: every rate of each method's grid on validation cut from the training files
 # (float32, 3 seeds; about 15 hours on 2 cores, resumable), then the rule over both tasks' validation accuracy
 bench-defaults: $(STAMP)
-	$(PY) scripts/bench_quality.py --rates grid --dtype float32
-	$(PY) scripts/bench_defaults.py
+	$(PY) -m benchmarks quality --rates grid --dtype float32
+	$(PY) -m benchmarks defaults
 
 # xgblora's sensitivity on SST-2 validation (rate, kappa, k, rank, alpha, the variants), the cola and lora presets'
 # rates over the same seeds, long runs of 400 and 600 steps (xgblora and lora), then what a user should pick:
 # accuracy against planned 8B memory and measured step time (hours; resumable, runs shared with bench-defaults)
 bench-sensitivity: $(STAMP)
-	$(PY) scripts/bench_sensitivity.py
-	$(PY) scripts/bench_tradeoff.py
+	$(PY) -m benchmarks sensitivity
+	$(PY) -m benchmarks tradeoff
 
 # a bf16 base against float32 on this CPU: step time (interleaved rounds, as a ratio) and SST-2 validation accuracy
 # of the xgblora and lora presets (about an hour on 2 cores; resumable, float32 runs shared with bench-defaults,
 # bf16 ones with bench-quality)
 bench-dtype: $(STAMP)
-	$(PY) scripts/bench_dtype.py
+	$(PY) -m benchmarks dtype
 
 # xgblora plan against measured peak memory of CPU runs (about 10 minutes)
 plan-check: $(STAMP)
-	$(PY) scripts/plan_check.py
+	$(PY) -m benchmarks plan_check
 
 fidelity: $(STAMP)
-	$(PY) scripts/merge_fidelity.py
+	$(PY) -m benchmarks merge_fidelity
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -80,7 +80,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def smol_dir() -> Path:
     """The real SmolLM2-135M-Instruct, converted once into the user cache (about 30 s the first time)."""
-    from xgblora_cli.sources import resolve_model_dir
+    from xgblora_cli.models.sources import resolve_model_dir
 
     return resolve_model_dir("smollm2-135m")
 
@@ -125,11 +125,11 @@ def train_in_memory(recipe_dict: dict, ranks=None, info: dict | None = None, set
     ``info`` as its run.json (default: the model folder, fp32) and the recipe; ``setup_hook(setup)`` may change
     the setup before training (e.g. a stand-in for the collectives).
     """
+    from xgblora_cli.common.runtime import SINGLE
+    from xgblora_cli.core.rundir import RunDir
+    from xgblora_cli.core.train import Trainer
     from xgblora_cli.recipe_file import recipe_from_dict, recipe_to_yaml
-    from xgblora_cli.rundir import RunDir
     from xgblora_cli.runner import prepare
-    from xgblora_cli.runtime import SINGLE
-    from xgblora_cli.train import Trainer
 
     ranks = ranks or SINGLE
     recipe = recipe_from_dict(recipe_dict, "r.yaml")

@@ -30,8 +30,8 @@ def test_full_disk_or_unwritable_output_is_refused_before_training(tmp_path: Pat
     import shutil
     from collections import namedtuple
 
-    from xgblora_cli.errors import UserError
-    from xgblora_cli.fsutil import check_writable
+    from xgblora_cli.common.errors import UserError
+    from xgblora_cli.common.fsutil import check_writable
 
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(10**9, 10**9, 5 * 2**20))

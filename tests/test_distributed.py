@@ -14,13 +14,13 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.conftest import ROOT, tiny_recipe, train_in_memory, write_recipe
-from xgblora_cli.errors import UserError
-from xgblora_cli.models import load_model
+from xgblora_cli.common.errors import UserError
+from xgblora_cli.common.runtime import Ranks
+from xgblora_cli.core.record import Record
+from xgblora_cli.core.rundir import RunDir
+from xgblora_cli.models.loading import load_model
 from xgblora_cli.recipe_file import recipe_from_dict
-from xgblora_cli.record import Record
-from xgblora_cli.rundir import RunDir
 from xgblora_cli.runner import prepare, start_run
-from xgblora_cli.runtime import Ranks
 
 TRAIN = {"max_steps": 6, "batch_size": 4, "grad_accum": 2, "learning_rate": 1e-2, "max_seq_len": 64, "checkpoint_every": 2}
 
@@ -39,7 +39,7 @@ def _worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> No
     """One data-parallel rank: train through start_run's pieces, then save the weights it ended with."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from xgblora_cli.runtime import init_from_env, shutdown
+    from xgblora_cli.common.runtime import init_from_env, shutdown
 
     ranks = init_from_env("cpu")
     setup, _ = train_in_memory(recipe_dict, ranks)

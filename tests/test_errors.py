@@ -19,7 +19,7 @@ from tests.conftest import (
     tiny_recipe,
     write_recipe,
 )
-from tests.test_models import pickle_copy, remote_code_folder
+from tests.models.test_loading import pickle_copy, remote_code_folder
 from xgblora_cli.recipe_file import recipe_from_dict
 from xgblora_cli.runner import start_run
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, run_cli, tiny_recipe
-from xgblora_cli.errors import UserError
+from xgblora_cli.common.errors import UserError
 from xgblora_cli.recipe_file import recipe_from_dict
 from xgblora_cli.runner import start_run
 
@@ -20,9 +20,9 @@ GIB = 2**30
 
 @pytest.mark.parametrize("size", ["tiny-256", "tiny-512", "smollm2-b4s256"])
 def test_estimate_is_within_15_percent_of_measured_peak(size: str) -> None:
-    """Peak = the training process's ru_maxrss minus its RSS right after the imports (see scripts/plan_check.py):
+    """Peak = the training process's ru_maxrss minus its RSS right after the imports (see benchmarks/plan_check.py):
     tiny random LLaMAs (one with a rank-8 booster over all blocks) and the real SmolLM2, batches filled to max_seq_len."""
-    done = subprocess.run([sys.executable, "scripts/plan_check.py", "--only", size], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    done = subprocess.run([sys.executable, "benchmarks/plan_check.py", "--only", size], capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith(f"{size}:"))
     ratio = float(line.split("ratio ")[1].split()[0])

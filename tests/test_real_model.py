@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 from tests.conftest import ROOT, TRAIN_DATA, run_cli, write_recipe
-from xgblora_cli.data import BatchStream
-from xgblora_cli.formats import load_records
-from xgblora_cli.models import load_model, load_tokenizer
-from xgblora_cli.prompts import PromptFormat
-from xgblora_cli.record import Record
+from xgblora_cli.core.record import Record
+from xgblora_cli.data.batches import BatchStream
+from xgblora_cli.data.formats import load_records
+from xgblora_cli.data.prompts import PromptFormat
+from xgblora_cli.models.loading import load_model, load_tokenizer
 
 
 def test_converted_smollm2_is_the_expected_llama(smol_dir: Path) -> None:
@@ -49,7 +49,8 @@ def test_short_run_on_smollm2_then_merge_matches(tmp_path: Path, smol_dir: Path)
         merged_logits = merged(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     # the boosters changed the model, and the exported weights are base + record exactly
     assert (merged_logits - base_logits).abs().max() > 1e-4
-    from xgblora_cli.merge import BaseWeights, apply_record
+    from xgblora_cli.core.merge import apply_record
+    from xgblora_cli.models.base_weights import BaseWeights
 
     apply_record(base, BaseWeights(smol_dir), boosters)
     with torch.no_grad():

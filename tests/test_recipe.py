@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.common.errors import UserError
 from xgblora_cli.recipe import (
     PRESETS,
     EvalArgs,

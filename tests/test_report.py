@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.common.errors import UserError
 from xgblora_cli.report import plot_compare, plot_run, read_metrics
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli, tiny_recipe, write_recipe
-from xgblora_cli.errors import UserError
+from xgblora_cli.common.errors import UserError
 from xgblora_cli.recipe_file import recipe_from_dict
 from xgblora_cli.runner import start_run
 from xgblora_cli.tracking import check_available

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.common.errors import UserError
 from xgblora_cli.recipe import Recipe
 from xgblora_cli.recipe_file import load_recipe, recipe_to_yaml
 
@@ -37,8 +37,8 @@ def user_errors(func: Callable) -> Callable:
 
 
 def _dry_run(recipe: Recipe, source: str) -> None:
+    from xgblora_cli.common.runtime import pick_device
     from xgblora_cli.plan import GIB, plan_recipe
-    from xgblora_cli.runtime import pick_device
 
     result = plan_recipe(recipe, source, str(pick_device(recipe.device)))
     plan, trainable = result["inputs"]["plan"], result["inputs"]["trainable_per_booster"]
@@ -92,8 +92,8 @@ def plan(
     """Estimate peak training memory by component and say whether it fits."""
     import json
 
+    from xgblora_cli.common.runtime import pick_device
     from xgblora_cli.plan import GIB, device_memory, parse_size, plan_recipe
-    from xgblora_cli.runtime import pick_device
 
     recipe = load_recipe(recipe_path, overrides or [])
     if gpu_memory is not None:
@@ -132,7 +132,7 @@ def merge(
     dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: the run's)"),
 ) -> None:
     """Write base model + merged boosters as a Hugging Face folder."""
-    from xgblora_cli.export import merge_run
+    from xgblora_cli.export.merged_folder import merge_run
 
     summary = merge_run(run_dir, out, force=force, dtype=dtype)
     console.print(f"merged {summary['boosters']} boosters ({len(summary['touched_weights'])} weights changed) into {out}")
@@ -150,7 +150,7 @@ def export(
 ) -> None:
     """Export a run: an exact (or rank-limited) PEFT LoRA adapter, or a merged GGUF file."""
     if fmt == "peft":
-        from xgblora_cli.export_peft import export_peft
+        from xgblora_cli.export.peft_adapter import export_peft
 
         summary = export_peft(run_dir, out, rank, force)
         kept = "" if rank is None else (f"; kept {100 * summary['kept_overall']:.2f}% of the update's norm overall, "
@@ -158,7 +158,7 @@ def export(
         console.print(f"wrote {out}: LoRA rank {summary['rank']} on {summary['weights']} weights "
                       f"({summary['touched']} touched), {summary['bytes'] / 2**20:.1f} MiB{kept}", highlight=False)
     elif fmt == "gguf":
-        from xgblora_cli.export_gguf import export_gguf
+        from xgblora_cli.export.gguf_file import export_gguf
 
         summary = export_gguf(run_dir, out, dtype, force)
         console.print(f"wrote {out}: {summary['tensors']} tensors, {dtype}, {summary['bytes'] / 2**20:.1f} MiB", highlight=False)
@@ -187,8 +187,8 @@ def eval_command(
 
     A run directory without --task runs its recipe's eval: block; options given here override that block's keys.
     """
-    from xgblora_cli.evaluate import eval_settings, evaluate, results_table
-    from xgblora_cli.fsutil import atomic_write_text
+    from xgblora_cli.common.fsutil import atomic_write_text
+    from xgblora_cli.evaluation.evaluate import eval_settings, evaluate, results_table
 
     given = {"tasks": task or None, "data": data, "limit": limit, "shots": shots, "scoring": scoring}
     settings = eval_settings(target, given, batch_size=batch_size, template=template, step=step, device=device,

@@ -25,7 +25,7 @@ and nothing else. The estimate is for one training process (one data-parallel ra
 
 On a CPU, glibc's malloc keeps freed memory resident under its dynamic mmap threshold, so the process's
 resident peak can exceed these live bytes by a third; ``MALLOC_MMAP_THRESHOLD_=131072`` returns large freed
-blocks to the system and is how ``scripts/plan_check.py`` measures. PyTorch's CUDA caching allocator reuses its
+blocks to the system and is how ``benchmarks/plan_check.py`` measures. PyTorch's CUDA caching allocator reuses its
 freed blocks, which is what the estimate assumes on a GPU.
 """
 
@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xgblora_cli.boosting import find_targets, plan_for, trainable_per_booster
-from xgblora_cli.errors import UserError, first_line
-from xgblora_cli.loss import CHUNK
-from xgblora_cli.models import find_blocks, load_skeleton
-from xgblora_cli.quantized import linear_shape
+from xgblora_cli.common.errors import UserError, first_line
+from xgblora_cli.core.boosting import find_targets, plan_for, trainable_per_booster
+from xgblora_cli.core.loss import CHUNK
+from xgblora_cli.models.loading import find_blocks, load_skeleton
+from xgblora_cli.models.quantized import linear_shape
+from xgblora_cli.models.sources import ALIASES, resolve_model_dir
 from xgblora_cli.recipe import DTYPE_BYTES, BoosterPlan, Recipe
-from xgblora_cli.sources import ALIASES, resolve_model_dir
 
 CUDA_RUNTIME = int(0.75 * 2**30)  # CUDA context, cuBLAS workspaces, allocator slack (typical for torch 2.x)
 GIB = 2**30
@@ -89,7 +89,7 @@ def frozen_block_bytes(s: Shape, b: int) -> float:
 def adapter_extra_bytes(s: Shape, b: int, rank: int) -> float:
     """Extra bytes per token of a block carrying adapters on all seven projections: what autograd saves
     (counted), plus 8 h for the adapter path's backward buffers (fitted to the resident-set checks of
-    scripts/plan_check.py, where LoRA over all blocks otherwise came out 12-14% low)."""
+    benchmarks/plan_check.py, where LoRA over all blocks otherwise came out 12-14% low)."""
     return (5.0 if b == 4 else 20.5) * s.hidden + 4 * s.intermediate + 28 * rank + 8 * s.hidden
 
 

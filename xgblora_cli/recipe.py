@@ -14,11 +14,11 @@ import ast
 import dataclasses
 import inspect
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from xgblora_cli.prompts import TEMPLATES
+from xgblora_cli.common.devices import DEVICE
+from xgblora_cli.data.prompts import TEMPLATES
 
 DEFAULT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # the one dtype table: names and bytes per value
@@ -26,10 +26,10 @@ DTYPES = tuple(DTYPE_BYTES)
 SCORINGS = ("label", "loglik", "generate")
 TRACKERS = ("none", "tensorboard", "wandb")
 SHARDINGS = ("none", "fsdp")
-SCHEDULES = ("random", "cycle")
+SCHEDULES = ("random", "cycle", "gradient", "gradient_sample")
+INITS = ("random", "gradient")
 FORMATS = ("auto", "alpaca", "prompt_completion", "messages", "sharegpt")
 QUANTIZATIONS = ("none", "4bit", "8bit")
-DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class TrainArgs:
     """Linear warmup steps at the start of the run, before the cosine decay."""
     rewarmup_steps: int = 0
     """An extra linear re-warmup over the first steps of each booster (0: none)."""
+    u_lr_ratio: float = 1.0
+    """U's learning rate over V's (LoRA+: U, the factor that starts at zero, learns faster); 1: one rate for both."""
     carry_moments: bool = False
     """A variant beyond the paper: each new booster's AdamW starts from the last merged booster's second moments and step count (parameter by parameter; first moments restart at zero) instead of fresh."""
     min_lr_ratio: float = 0.1
@@ -119,6 +121,7 @@ class TrainArgs:
             _require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
         _require(self.learning_rate is None or self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+        _require(self.u_lr_ratio > 0, "train.u_lr_ratio", f"must be > 0, got {self.u_lr_ratio}")
         _require(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
         _require(self.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 = no clipping), got {self.max_grad_norm}")
         _require(self.max_seq_len >= 8, "train.max_seq_len", f"must be >= 8, got {self.max_seq_len}")
@@ -167,7 +170,13 @@ class Recipe:
     steps_per_booster: int | None = None
     """kappa, optimizer steps each booster trains before it is merged (unset: xgblora 10, cola S/3, lora S)."""
     block_schedule: str = "random"
-    """random (the paper: k blocks drawn independently for each booster) or cycle (a variant: a shuffled cycle through all blocks, k at a time, so every block is adapted equally often)."""
+    """random (the paper: k blocks drawn independently for each booster), cycle (a shuffled cycle through all blocks, k at a time, so every block is adapted equally often), gradient (the k blocks whose weights have the largest loss gradient at the booster's start; costs a forward and backward through every block per booster) or gradient_sample (k blocks drawn in proportion to those gradient norms)."""
+    booster_init: str = "random"
+    """random (V drawn Kaiming-uniform, the paper's) or gradient (V from the top right singular vectors of each adapted weight's loss gradient on the booster's first init_batches micro-batches, found by power iteration; U starts at zero either way, so merges stay exact)."""
+    init_batches: int = 1
+    """Micro-batches (from the booster's own window) whose gradient sets V (booster_init: gradient) and ranks the blocks (block_schedule: gradient*); each costs one extra forward and backward per booster."""
+    shrinkage: float = 1.0
+    """Each booster's update is multiplied by this when it is merged (gradient boosting's shrinkage); 1: merged as trained."""
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     """Linear layers adapted in each chosen block (q, k, v, o, gate, up, down _proj)."""
     dtype: str = "float32"
@@ -223,7 +232,10 @@ class Recipe:
         _require(bool(DEVICE.match(self.device)), "device", f"must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
-        _require(self.block_schedule in SCHEDULES, "block_schedule", f"must be random or cycle, got {self.block_schedule!r}")
+        _require(self.block_schedule in SCHEDULES, "block_schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.block_schedule!r}")
+        _require(self.booster_init in INITS, "booster_init", f"must be one of {', '.join(INITS)}, got {self.booster_init!r}")
+        _require(self.init_batches >= 1, "init_batches", f"must be >= 1, got {self.init_batches}")
+        _require(0 < self.shrinkage <= 1, "shrinkage", f"must be in (0, 1], got {self.shrinkage}")
         _require(self.dataset_format in FORMATS, "dataset_format", f"must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
         _require(self.train.sharding == "none" or self.quantization in ("none", "4bit"), "train.sharding",
                  f"fsdp shards a bf16/fp16/fp32 or 4bit base; a {self.quantization} base is not supported with it (use quantization: none or 4bit)")
@@ -253,10 +265,23 @@ class BoosterPlan:
     num_boosters: int
     num_layers: int
     block_schedule: str = "random"
+    booster_init: str = "random"
+    init_batches: int = 1
+    shrinkage: float = 1.0
 
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    @property
+    def probes_blocks(self) -> bool:
+        """Whether each booster's blocks are chosen from gradient norms (a probe through every block)."""
+        return self.block_schedule.startswith("gradient")
+
+    @property
+    def probes(self) -> bool:
+        """Whether a booster's start needs the loss gradient (to choose its blocks or to set V)."""
+        return self.probes_blocks or self.booster_init == "gradient"
 
 
 def resolve_plan(recipe: Recipe, num_layers: int) -> BoosterPlan:
@@ -275,7 +300,8 @@ def resolve_plan(recipe: Recipe, num_layers: int) -> BoosterPlan:
         kappa = min(preset.steps_per_booster, steps)
     else:
         kappa = math.ceil(steps / preset.boosters)
-    return BoosterPlan(rank, float(alpha), k, kappa, math.ceil(steps / kappa), num_layers, recipe.block_schedule)
+    return BoosterPlan(rank, float(alpha), k, kappa, math.ceil(steps / kappa), num_layers, recipe.block_schedule,
+                       recipe.booster_init, recipe.init_batches, recipe.shrinkage)
 
 
 def field_docs(cls: type) -> dict[str, str]:

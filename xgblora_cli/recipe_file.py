@@ -16,7 +16,7 @@ from typing import Any, Union
 
 import yaml
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.common.errors import UserError
 from xgblora_cli.recipe import Recipe, RecipeError
 
 

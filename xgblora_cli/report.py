@@ -6,9 +6,9 @@ import io
 import json
 from pathlib import Path
 
-from xgblora_cli.errors import UserError
-from xgblora_cli.fsutil import atomic_write_bytes
-from xgblora_cli.rundir import RunDir
+from xgblora_cli.common.errors import UserError
+from xgblora_cli.common.fsutil import atomic_write_bytes
+from xgblora_cli.core.rundir import RunDir
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[dict]]:

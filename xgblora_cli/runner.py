@@ -1,4 +1,4 @@
-"""Starting, resuming and launching a training run: everything around the loop of :mod:`xgblora_cli.train`.
+"""Starting, resuming and launching a training run: everything around the loop of :mod:`xgblora_cli.core.train`.
 
 ``start_run`` joins the data-parallel group (if any), refuses a run whose memory plan cannot fit, loads and checks
 the model and data (:func:`prepare`), checks that ``--resume`` is given the recipe the run started with, that
@@ -12,18 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from xgblora_cli.boosting import find_targets, plan_for, trainable_per_booster
-from xgblora_cli.data import BatchStream
-from xgblora_cli.errors import UserError
-from xgblora_cli.formats import load_records
-from xgblora_cli.fsutil import check_writable
-from xgblora_cli.models import load_model, load_tokenizer
-from xgblora_cli.plan import device_memory, plan_recipe, record_bytes, summary_line
-from xgblora_cli.prompts import PromptFormat
-from xgblora_cli.recipe import Recipe
-from xgblora_cli.recipe_file import recipe_to_yaml
-from xgblora_cli.rundir import RunDir
-from xgblora_cli.runtime import (
+from xgblora_cli.common.errors import UserError
+from xgblora_cli.common.fsutil import check_writable
+from xgblora_cli.common.runtime import (
     SINGLE,
     Ranks,
     check_batch,
@@ -33,10 +24,19 @@ from xgblora_cli.runtime import (
     pick_device,
     shutdown,
 )
-from xgblora_cli.sharding import load_sharded
-from xgblora_cli.sources import resolve_model_dir
+from xgblora_cli.core.boosting import find_targets, plan_for, trainable_per_booster
+from xgblora_cli.core.rundir import RunDir
+from xgblora_cli.core.train import Setup, Trainer
+from xgblora_cli.data.batches import BatchStream
+from xgblora_cli.data.formats import load_records
+from xgblora_cli.data.prompts import PromptFormat
+from xgblora_cli.models.loading import load_model, load_tokenizer
+from xgblora_cli.models.sharding import load_sharded
+from xgblora_cli.models.sources import resolve_model_dir
+from xgblora_cli.plan import device_memory, plan_recipe, record_bytes, summary_line
+from xgblora_cli.recipe import Recipe
+from xgblora_cli.recipe_file import recipe_to_yaml
 from xgblora_cli.tracking import Trackers, check_available
-from xgblora_cli.train import Setup, Trainer
 
 
 def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:

@@ -16,12 +16,12 @@ import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from xgblora_cli.errors import UserError
-from xgblora_cli.formats import read_rows, rename
-from xgblora_cli.fsutil import atomic_write_text
+from xgblora_cli.common.errors import UserError
+from xgblora_cli.common.fsutil import atomic_write_text
+from xgblora_cli.core.rundir import RunDir
+from xgblora_cli.data.formats import read_rows, rename
 from xgblora_cli.recipe import Recipe
 from xgblora_cli.recipe_file import load_recipe
-from xgblora_cli.rundir import RunDir
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def split_dataset(recipe: Recipe, val_count: int, folder: Path) -> tuple[Path, P
 
 def metric_for(val: Path) -> str:
     """``accuracy`` when every held-out record is a labelled choice/classification record, else ``perplexity``."""
-    from xgblora_cli.tasks.choice import load
+    from xgblora_cli.evaluation.tasks.choice import load
 
     try:
         loaded = load(val)
@@ -79,7 +79,7 @@ def train_at(recipe_path: Path, overrides: list[str], lr: float, train: Path, ru
 
 def score(run_dir: Path, val: Path, metric: str) -> float:
     """The run's validation ``metric`` on ``val``, computed once into ``run_dir/sweep_val.json``."""
-    from xgblora_cli.evaluate import eval_settings, evaluate
+    from xgblora_cli.evaluation.evaluate import eval_settings, evaluate
 
     cached = run_dir / "sweep_val.json"
     if not cached.is_file():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from xgblora_cli.errors import UserError
+from xgblora_cli.common.errors import UserError
 
 SCALARS = ("loss", "lr", "tokens_per_s", "booster", "tokens")
 

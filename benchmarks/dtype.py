@@ -1,0 +1,150 @@
+"""Does a bf16 base pay on this CPU? Step time and validation accuracy of presets with ``dtype: bfloat16`` (the frozen
+base in bf16; adapters, optimizer and merges stay fp32-exact) against float32, on GLUE SST-2 (the splits and budget
+of benchmarks/quality.py).
+
+- Step time: measured in one invocation, in interleaved rounds (every (method, dtype) once, then again), each a
+  fresh ``xgblora train`` of ``--steps`` steps (batch 8, 128 tokens, a new booster every 2 steps); the median step
+  after the first two, as float32's over bfloat16's per method: above 1, bf16 is faster. Each timed run is then
+  scored on ``--eval-limit`` validation questions (``xgblora eval``'s wall time, loading included), the other half
+  of a benchmark's time. It depends on the CPU: bf16 matmuls are fast only with bf16 arithmetic (AMX or
+  AVX512-BF16); the CPU's flags are printed with it.
+- Accuracy: bench_quality's budget (100 steps of 8) at each preset's shipped default rate, validation accuracy
+  (held-out training records, never test). The float32 runs are bench_quality's own (same names), so they are
+  reused where they exist.
+
+Resumable (finished runs, scores and step times in ``--work`` are reused); ``--report-only`` rewrites the table from
+what is finished. Ends with ``bf16_step_speedup_<method>=X`` per method.
+
+    .venv/bin/python -m benchmarks dtype [--methods xgblora lora] [--seeds 0] [--steps 8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.lib import (
+    GLUE_DIR,
+    ROOT,
+    Missing,
+    Runner,
+    cpu_bf16_flags,
+    require_runs,
+    spread,
+    timed_steps,
+    train_run,
+    write_doc,
+)
+from benchmarks.quality import BUDGETS, TaskBench
+from xgblora_cli.recipe import PRESETS
+
+START, END = "<!-- bench_dtype:start -->", "<!-- bench_dtype:end -->"
+DTYPES = ["float32", "bfloat16"]
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--methods", nargs="+", default=["xgblora", "lora"], choices=list(PRESETS))
+    p.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds of the accuracy runs (none: step time only)")
+    p.add_argument("--steps", type=int, default=8, help="steps of each timed run (the first two are not counted)")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--eval-limit", type=int, default=50, help="validation questions each timed run is scored on")
+    p.add_argument("--glue", type=Path, default=GLUE_DIR)
+    p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--lrs", nargs="*", default=[])
+    p.add_argument("--report-only", action="store_true")
+    return p.parse_args()
+
+
+def extra(dtype: str) -> dict | None:
+    """The run's extra recipe keys: none for float32, so that its runs are bench_quality's own."""
+    return None if dtype == "float32" else {"dtype": dtype}
+
+
+def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float]]:
+    """Per ``method dtype``, the median step seconds by round, and per ``method dtype eval`` the seconds of scoring
+    the round's run (interleaved rounds), cached in the work folder; with ``--report-only``, what the cache holds."""
+    cache = args.work / "dtype" / "step_times.json"
+    times: dict[str, list[float]] = json.loads(cache.read_text()) if cache.is_file() else {}
+    if args.report_only:
+        return times
+    data = args.work / "sst2" / "train.jsonl"
+    for round_ in range(args.rounds):
+        for method in args.methods:
+            for dtype in DTYPES:
+                name = f"{method} {dtype}"
+                if len(times.get(name, [])) > round_:
+                    continue
+                out = args.work / "dtype" / f"{method}_{dtype}_r{round_}"
+                times.setdefault(name, []).append(timed_steps(runner, out, data, {"method": method, "dtype": dtype}, args.steps, round_))
+                started = time.perf_counter()
+                runner.cli("eval", str(out), "--task", "choice", "--data", str(args.work / "sst2" / "val.jsonl"), "--scoring",
+                           "label", "--limit", str(args.eval_limit), "--output", str(out / "eval.json"))
+                times.setdefault(f"{name} eval", []).append(time.perf_counter() - started)
+                # re-read before writing: two invocations (``--methods`` split over two processes) share the cache
+                on_disk = json.loads(cache.read_text()) if cache.is_file() else {}
+                cache.write_text(json.dumps({**on_disk, name: times[name], f"{name} eval": times[f"{name} eval"]}, indent=1))
+    return times
+
+
+def accuracies(bench: TaskBench, args: argparse.Namespace, method: str, dtype: str) -> list[float | None]:
+    """Validation accuracy (%) of the method's runs at its default rate, by seed (None: not finished)."""
+    found: list[float | None] = []
+    for seed in args.seeds:
+        try:
+            run = train_run(bench.runner, bench.work, bench.budget, bench.data["train"], method,
+                            PRESETS[method].learning_rate, seed, extra(dtype))
+            found.append(bench.val_acc(str(run["dir"]), run["dir"]))
+        except Missing:
+            found.append(None)
+    return found
+
+
+def table(args: argparse.Namespace, times: dict[str, list[float]], accs: dict[str, list[float | None]]) -> tuple[str, dict[str, float]]:
+    """The markdown table and the speed-up (float32 step over bfloat16 step, medians over rounds) per method."""
+    lines = ["| method (default rate) | dtype | s per step, by round | speed-up vs float32 | s to score (loading included), by round "
+             "| speed-up vs float32 | SST-2 val. accuracy | by seed |", "|---|---|---|---|---|---|---|---|"]
+    speedups = {}
+    for method in args.methods:
+        for dtype in DTYPES:
+            cells = []
+            for kind in ("", " eval"):
+                own, fp32 = times.get(f"{method} {dtype}{kind}"), times.get(f"{method} float32{kind}")
+                ratio = statistics.median(fp32) / statistics.median(own) if fp32 and own else None
+                if ratio is not None and dtype != "float32" and not kind:
+                    speedups[method] = ratio
+                cells += [" / ".join(f"{s:.2f}" for s in own or []), f"{ratio:.2f}x" if ratio else "-"]
+            acc = accs.get(f"{method} {dtype}", [])
+            done = [a for a in acc if a is not None]
+            lines.append(f"| {method} ({PRESETS[method].learning_rate:g}) | {dtype} | {' | '.join(cells)} "
+                         f"| {spread(done) if done else 'not run yet'} | {' '.join('-' if a is None else f'{a:.1f}' for a in acc)} |")
+    return "\n".join(lines), speedups
+
+
+def main() -> None:
+    args = parse_args()
+    if args.report_only:
+        require_runs(args.work, args.doc)
+    runner = Runner(args.report_only)
+    bench = TaskBench(args, runner, BUDGETS["sst2"])
+    times = step_times(args, runner)
+    accs = {f"{m} {d}": accuracies(bench, args, m, d) for m in args.methods for d in DTYPES}
+    body, speedups = table(args, times, accs)
+    flags = cpu_bf16_flags()
+    command = "python -m benchmarks dtype " + shlex.join(sys.argv[1:])
+    text = (f"Command: `{command.strip()}`; this CPU's bf16 arithmetic: {', '.join(flags) or 'none (bf16 is emulated)'}; "
+            f"{args.steps}-step runs scored on {args.eval_limit} questions, {args.rounds} interleaved rounds; validation accuracy (%) at the SST-2 budget, "
+            f"seeds {' '.join(map(str, args.seeds)) or 'none'}.\n\n{body}")
+    write_doc(args.doc, text, START, END)
+    print(text)
+    print(" ".join(f"bf16_step_speedup_{m}={r:.2f}" for m, r in speedups.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""The output-head loss alone: xgblora's chunked head loss against PyTorch's standard path, same inputs.
+
+Standard path: full logits ``hidden @ W^T`` for every row, ``F.cross_entropy`` and autograd's backward to the
+hidden states (what PEFT and the Hugging Face models do). Ours: ``loss.head_loss_sum`` (chunks of 1,024 rows,
+one ``exp`` pass, the hidden-state gradient formed in forward). Both compute the summed loss and the gradient
+for ``hidden``; the script checks they agree, then prints median seconds and ``loss_time_ratio_vs_standard``.
+
+    .venv/bin/python -m benchmarks loss [--rows 2040] [--hidden 576] [--vocab 49152] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xgblora_cli.core.loss import head_loss_sum
+
+
+def standard(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    h = hidden.detach().requires_grad_(True)
+    loss = F.cross_entropy(head(h).float(), targets, reduction="sum")
+    loss.backward()
+    return loss.detach(), h.grad
+
+
+def ours(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    h = hidden.detach().requires_grad_(True)
+    loss = head_loss_sum(head, h, targets)
+    loss.backward()
+    return loss.detach(), h.grad
+
+
+def median_seconds(fn, repeats: int, *args) -> float:
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[1:])  # the first call warms up
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rows", type=int, default=2040, help="labelled positions (8 x 255 = SmolLM2 batch 8 x 256)")
+    p.add_argument("--hidden", type=int, default=576)
+    p.add_argument("--vocab", type=int, default=49152)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    g = torch.Generator().manual_seed(0)
+    head = nn.Linear(args.hidden, args.vocab, bias=False).requires_grad_(False)
+    hidden = torch.randn(args.rows, args.hidden, generator=g)
+    targets = torch.randint(0, args.vocab, (args.rows,), generator=g)
+    (loss_a, grad_a), (loss_b, grad_b) = standard(hidden, head, targets), ours(hidden, head, targets)
+    if not (torch.allclose(loss_a, loss_b, rtol=1e-5) and torch.allclose(grad_a, grad_b, atol=1e-6, rtol=1e-4)):
+        raise SystemExit("the two losses disagree")
+    a = median_seconds(standard, args.repeats, hidden, head, targets)
+    b = median_seconds(ours, args.repeats, hidden, head, targets)
+    print(f"rows={args.rows} hidden={args.hidden} vocab={args.vocab}: standard {a:.3f} s, ours {b:.3f} s")
+    print(f"loss_time_ratio_vs_standard={b / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""What one merge costs at LLaMA3-8B shapes as boosters pile up (T = 1, 100, 1,000), and what merged boosters cost a
+quantized base, whose merged factors stay beside each layer as a forward hook.
+
+A synthetic base of k=4 blocks with LLaMA3-8B's shapes (``recipes/shapes/llama3-8b``: 7 projections per block,
+872M bf16 parameters, random values, no download) is written once as safetensors; the weights are bf16 on the
+device (``--device``: CUDA where present). After T recorded boosters each weight carries about
+``R = T k / L`` stacked rank-1 factors (L = 32 blocks), and one merge of a k=4 booster recomputes the 28 weights
+it touched with the trainer's own ``merge.write_merged``. Median of ``--repeats`` merges; the paper's booster
+(50 steps of 0.62 s on a GPU) is the yardstick.
+
+The quantized part: at T = 1,000 every weight of every block holds R = 125 stacked fp32 factors; the script
+prints their memory over the 32 blocks, and the forward time of one block's seven projections on 512 tokens
+with such a hook against without it (dense stand-ins on the same device, as the hook's cost does not depend on
+how the base layer stores its weight).
+
+    .venv/bin/python -m benchmarks merge [--device auto] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xgblora_cli.common.runtime import pick_device
+from xgblora_cli.core.merge import FactorStack, write_merged
+from xgblora_cli.core.record import BoosterFactors
+from xgblora_cli.models.base_weights import BaseWeights
+from xgblora_cli.models.quantized import set_merged
+
+ROOT = Path(__file__).resolve().parent.parent
+PAPER_BOOSTER_S = 50 * 0.62
+PROJECTIONS = {"self_attn.q_proj": ("h", "h"), "self_attn.k_proj": ("kv", "h"), "self_attn.v_proj": ("kv", "h"),
+               "self_attn.o_proj": ("h", "h"), "mlp.gate_proj": ("m", "h"), "mlp.up_proj": ("m", "h"), "mlp.down_proj": ("h", "m")}
+
+
+def shapes(config: dict, blocks: int) -> dict[str, tuple[int, int]]:
+    """``{weight name: (d_out, d_in)}`` of the first ``blocks`` blocks."""
+    dims = {"h": config["hidden_size"], "m": config["intermediate_size"],
+            "kv": config["num_key_value_heads"] * config["hidden_size"] // config["num_attention_heads"]}
+    return {f"model.layers.{b}.{proj}.weight": (dims[out], dims[inp]) for b in range(blocks) for proj, (out, inp) in PROJECTIONS.items()}
+
+
+def write_base(folder: Path, weights: dict[str, tuple[int, int]]) -> None:
+    from safetensors.torch import save_file
+
+    generator = torch.Generator().manual_seed(0)
+    save_file({name: (0.02 * torch.randn(shape, generator=generator)).to(torch.bfloat16) for name, shape in weights.items()},
+              folder / "model.safetensors")
+
+
+def holder(weights: dict[str, tuple[int, int]], device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A module tree whose parameters carry the base's names (what write_merged writes into)."""
+    root = nn.Module()
+    for name, (d_out, d_in) in weights.items():
+        parent = root
+        parts = name.split(".")[:-1]
+        for part in parts[:-1]:
+            if not hasattr(parent, part):
+                parent.add_module(part, nn.Module())
+            parent = getattr(parent, part)
+        parent.add_module(parts[-1], nn.Linear(d_in, d_out, bias=False, device="meta", dtype=dtype))
+    return root.to_empty(device=device).requires_grad_(False)
+
+
+def stack_at(weights: dict[str, tuple[int, int]], rank: int) -> FactorStack:
+    """Every weight with ``rank`` recorded rank-1 factors, as after T = rank * L / k boosters."""
+    generator = torch.Generator().manual_seed(1)
+    stack = FactorStack()
+    for t in range(rank):
+        stack.add(BoosterFactors(t, [], {name: (1e-4 * torch.randn(d_out, 1, generator=generator), torch.randn(1, d_in, generator=generator))
+                                        for name, (d_out, d_in) in weights.items()}))
+    return stack
+
+
+def time_merge(model: nn.Module, base: BaseWeights, stack: FactorStack, names: list[str], device: torch.device, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        started = time.perf_counter()
+        write_merged(model, base, stack, names)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def hook_cost(config: dict, rank: int, device: torch.device, tokens: int = 512, repeats: int = 5) -> tuple[float, float]:
+    """(GiB of stacked fp32 factors over all blocks at ``rank``, forward-time ratio of one block's projections
+    with the merged-factor hook against without)."""
+    weights = shapes(config, 1)
+    per_block = sum(rank * (d_out + d_in) * 4 for d_out, d_in in weights.values())
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    layers = {name: nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype).requires_grad_(False)
+              for name, (d_out, d_in) in weights.items()}
+    x = {name: torch.randn(tokens, d_in, device=device, dtype=dtype) for name, (_, d_in) in weights.items()}
+
+    def forward_s() -> float:
+        times = []
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            with torch.no_grad():
+                for name, layer in layers.items():
+                    layer(x[name])
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    bare = forward_s()
+    for (d_out, d_in), layer in zip(weights.values(), layers.values()):
+        set_merged(layer, 1e-4 * torch.randn(d_out, rank), torch.randn(rank, d_in))
+    return per_block * config["num_hidden_layers"] / 2**30, forward_s() / bare
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--boosters", default="1,100,1000", help="T values")
+    p.add_argument("--k", type=int, default=4)
+    args = p.parse_args()
+    device = pick_device(args.device)
+    config = json.loads((ROOT / "recipes" / "shapes" / "llama3-8b" / "config.json").read_text())
+    weights = shapes(config, args.k)
+    layers = config["num_hidden_layers"]
+    print(f"{len(weights)} weights, {sum(a * b for a, b in weights.values()) / 1e6:.0f}M bf16 parameters, merged on {device}", flush=True)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_base(Path(tmp), weights)
+        base = BaseWeights(Path(tmp))
+        model = holder(weights, device, torch.bfloat16)
+        for boosters in (int(t) for t in args.boosters.split(",")):
+            rank = max(1, round(boosters * args.k / layers))
+            results[boosters] = time_merge(model, base, stack_at(weights, rank), list(weights), device, args.repeats)
+            print(f"T={boosters:>5}  R={rank:>4} factors per weight  merge {results[boosters]:.3f} s  "
+                  f"({100 * results[boosters] / PAPER_BOOSTER_S:.2f}% of a {PAPER_BOOSTER_S:.0f} s booster)", flush=True)
+    first, last = results[min(results)], results[max(results)]
+    print(" ".join(f"merge_s_T{t}={s:.3f}" for t, s in results.items())
+          + f" growth={last / first:.2f} booster_fraction_T{max(results)}={last / PAPER_BOOSTER_S:.4f}")
+    rank = max(1, round(max(results) * args.k / layers))
+    gib, ratio = hook_cost(config, rank, device)
+    print(f"quantized base at T={max(results)}: merged factors {gib:.2f} GiB over {layers} blocks (R={rank}), "
+          f"block forward with the hook {ratio:.2f}x without")
+    print(f"hook_gib_T{max(results)}={gib:.2f} hook_forward_ratio={ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Training-step time and peak memory: xgblora (rank 1, k blocks) vs our `lora` preset vs PEFT LoRA, same run.
+
+Each method runs in its own fresh process (so peak RSS is its own) on the same model, batch and sequence
+length, back to back in one invocation, in interleaved rounds (xgblora, lora, peft, xgblora, ...) so that a
+drift in background load hits every method alike. A step is forward + backward + AdamW on a fixed random batch
+whose every position carries a label. xgblora draws a new booster (new random blocks, seeded by the round) for
+every step, so the median covers the spread of backward depths; since a few draws can sit deeper or shallower
+than a long run's average, it also prints each timed step's lowest adapted block and the step time a line fit
+gives at the long-run mean depth. PEFT (benchmark-only dependency) uses its standard HF loss.
+
+    .venv/bin/python -m benchmarks speed [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 5] [--rounds 2] [--k 4]
+
+Ends with ``step_time_ratio_vs_peft=X peak_mem_ratio_vs_peft=Y`` (xgblora over PEFT LoRA r=8 on all blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from benchmarks.lib import ROOT
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def batch(vocab: int, size: int, seq: int):
+    from xgblora_cli.data.batches import Batch
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, vocab, (size, seq), generator=g)
+    return Batch(ids, torch.ones_like(ids), ids.clone())
+
+
+PHASES = ("forward+loss", "backward", "optimizer")
+
+
+def timed_step(forward, optimizer) -> dict[str, float]:
+    """One training step, timed by phase. ``forward()`` returns the loss; for the engine it also forms the
+    hidden-state gradient of the output head (loss.py), which PEFT leaves to its backward."""
+    t0 = time.perf_counter()
+    loss = forward()
+    t1 = time.perf_counter()
+    loss.backward()
+    t2 = time.perf_counter()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    t3 = time.perf_counter()
+    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)))
+
+
+def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[str, float]], list[int]]:
+    """xgblora or the lora preset, through the product's own engine and loss; also each step's lowest adapted
+    block (backward runs from the head down to it, so it sets most of the spread between xgblora's steps)."""
+    from xgblora_cli.core.boosting import BoostingEngine
+    from xgblora_cli.core.loss import causal_lm_loss
+    from xgblora_cli.core.train import make_optimizer
+    from xgblora_cli.models.loading import find_blocks
+    from xgblora_cli.recipe import BoosterPlan, TrainArgs
+
+    layers = len(find_blocks(model))
+    rank, k = (1, args.k) if method == "xgblora" else (8, layers)
+    plan = BoosterPlan(rank, 2.0 * rank, k, 1, args.steps, layers)
+    engine = BoostingEngine(model, plan, TARGETS, args.seed, args.checkpointing)
+    times, lowest = [], []
+    for step in range(args.steps):
+        booster = engine.start(step)
+        optimizer = make_optimizer(booster, TrainArgs(), 1e-4)
+        times.append(timed_step(lambda: causal_lm_loss(model, data)[0], optimizer))
+        lowest.append(min(booster.blocks))
+        engine.discard(booster)
+    return times, lowest
+
+
+def peft_steps(model, args, data) -> list[dict[str, float]]:
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, lora_dropout=0.0))
+    if args.checkpointing:
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model.enable_input_require_grads()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-4)
+    forward = lambda: peft_model(input_ids=data.input_ids, attention_mask=data.attention_mask, labels=data.labels).loss  # noqa: E731
+    return [timed_step(forward, optimizer) for _ in range(args.steps)]
+
+
+def run_one(method: str, args) -> dict:
+    from xgblora_cli.models.loading import find_blocks, load_model
+    from xgblora_cli.models.sources import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model)
+    model = load_model(model_dir, "float32")
+    model.train()
+    data = batch(model.config.vocab_size, args.batch, args.seq)
+    loaded = rss_mb()
+    if method == "peft":
+        times, lowest = peft_steps(model, args, data), []  # PEFT adapts every block: no draws
+    else:
+        times, lowest = engine_steps(model, model_dir, method, args, data)
+    skip = 1 if len(times) > 1 else 0  # the first step warms up allocator and kernels
+    return {"method": method, "steps": times[skip:], "lowest_blocks": lowest[skip:], "peak_rss_mb": rss_mb(),
+            "rss_after_load_mb": loaded, "num_layers": len(find_blocks(model))}
+
+
+def medians(steps: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds of the whole step and of each phase."""
+    out = {"step": statistics.median(sum(s.values()) for s in steps)}
+    return out | {phase: statistics.median(s[phase] for s in steps) for phase in PHASES}
+
+
+def draw_summary(lowest: list[int], num_layers: int, k: int) -> str:
+    """How deep xgblora's timed backward passes went, against the mean over all draws of k of ``num_layers``
+    blocks (the lowest of k uniform picks sits at (L - k) / (k + 1) on average, 0-based): a median taken over
+    unusually low draws overstates the step time a long run averages."""
+    return (f"xgblora lowest adapted block per timed step: {lowest} (mean {statistics.mean(lowest):.1f}; "
+            f"a long run averages {mean_lowest(num_layers, k):.1f})")
+
+
+def mean_lowest(num_layers: int, k: int) -> float:
+    """Expected lowest of k distinct blocks drawn uniformly from ``num_layers`` (0-based)."""
+    return (num_layers - k) / (k + 1)
+
+
+def step_at_mean_depth(steps: list[dict[str, float]], lowest: list[int], num_layers: int, k: int) -> float | None:
+    """xgblora's step time at the long-run mean depth: a least-squares line of step time against the lowest
+    adapted block, read at :func:`mean_lowest`. None when the draws do not span two depths."""
+    if len(set(lowest)) < 2:
+        return None
+    fit = statistics.linear_regression(lowest, [sum(s.values()) for s in steps])
+    return fit.intercept + fit.slope * mean_lowest(num_layers, k)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="xgblora vs lora preset vs PEFT LoRA: step time and peak memory")
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (the first is not counted)")
+    parser.add_argument("--k", type=int, default=4, help="xgblora blocks per booster")
+    parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing for all methods")
+    parser.add_argument("--methods", default="xgblora,lora,peft")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh processes per method, interleaved; medians pool all")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args)))
+        return
+    rows: dict[str, dict] = {}
+    for round_ in range(args.rounds):  # interleaved rounds, so a change in background load hits every method alike
+        for method in args.methods.split(","):
+            cmd = [sys.executable, "-m", "benchmarks", "speed", "--one", method, "--model", args.model, "--batch", str(args.batch),
+                   "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--seed", str(round_)]
+            cmd += ["--checkpointing"] if args.checkpointing else []
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+            if out.returncode != 0:
+                sys.exit(f"{method} failed:\n{out.stderr[-2000:]}")
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{method:>8} round {round_ + 1}: median step {medians(result['steps'])['step']:.2f} s   "
+                  f"peak RSS {result['peak_rss_mb']:.0f} MB (after model load {result['rss_after_load_mb']:.0f} MB)", flush=True)
+            row = rows.setdefault(method, {"steps": [], "lowest_blocks": [], "peak_rss_mb": 0.0})
+            row["steps"] += result["steps"]
+            row["lowest_blocks"] += result["lowest_blocks"]
+            row["num_layers"] = result["num_layers"]
+            row["peak_rss_mb"] = max(row["peak_rss_mb"], result["peak_rss_mb"])
+    for method, row in rows.items():
+        row |= medians(row["steps"])
+        phases = "  ".join(f"{phase} {row[phase]:.2f}" for phase in PHASES)
+        print(f"{method:>8}: median step {row['step']:.2f} s over {len(row['steps'])} steps ({phases})   "
+              f"peak RSS {row['peak_rss_mb']:.0f} MB")
+    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} k={args.k} "
+          f"checkpointing={args.checkpointing}")
+    if "xgblora" in rows:
+        x = rows["xgblora"]
+        print(draw_summary(x["lowest_blocks"], x["num_layers"], args.k))
+        fitted = step_at_mean_depth(x["steps"], x["lowest_blocks"], x["num_layers"], args.k)
+        if fitted is not None and "peft" in rows:
+            print(f"xgblora step at the long-run mean depth (line fit over the timed steps): {fitted:.2f} s, "
+                  f"{fitted / rows['peft']['step']:.3f}x PEFT's median")
+    if "xgblora" in rows and "peft" in rows:
+        x, p = rows["xgblora"], rows["peft"]
+        print(f"step_time_ratio_vs_peft={x['step'] / p['step']:.3f} "
+              f"peak_mem_ratio_vs_peft={x['peak_rss_mb'] / p['peak_rss_mb']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

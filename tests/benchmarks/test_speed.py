@@ -1,0 +1,23 @@
+"""The speed benchmark's correction for xgblora's random backward depth (benchmarks/speed.py)."""
+
+from __future__ import annotations
+
+import statistics
+
+import pytest
+
+import benchmarks.speed as bench_speed
+from xgblora_cli.core.boosting import booster_blocks
+
+
+@pytest.mark.parametrize(("num_layers", "k"), [(30, 4), (32, 2), (12, 6)])
+def test_mean_lowest_matches_the_engines_draws(num_layers: int, k: int) -> None:
+    drawn = [min(booster_blocks(seed, index, num_layers, k)) for seed in range(20) for index in range(100)]
+    assert statistics.mean(drawn) == pytest.approx(bench_speed.mean_lowest(num_layers, k), abs=0.2)
+
+
+def test_step_at_mean_depth_reads_the_fitted_line() -> None:
+    lowest = [0, 2, 8, 10]
+    steps = [{"forward+loss": 5.0, "backward": 3.0 - 0.1 * low, "optimizer": 0.0} for low in lowest]
+    assert bench_speed.step_at_mean_depth(steps, lowest, 30, 4) == pytest.approx(8.0 - 0.1 * 5.2)
+    assert bench_speed.step_at_mean_depth(steps[:1] * 3, [3, 3, 3], 30, 4) is None

@@ -1,0 +1,126 @@
+"""Boosters started from the gradient: blocks chosen by gradient norm, V from the gradient's top singular
+vectors, separate rates for U and V, shrinkage at merge; and a resume mid-booster that makes the same boosters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli, tiny_recipe, write_recipe
+from tests.core.test_train import _final_weights, step_rows
+from xgblora_cli.common.runtime import FAULT_ENV
+from xgblora_cli.core.boosting import blocks_by_gradient
+from xgblora_cli.core.gradient import block_scores, capture
+from xgblora_cli.core.loss import causal_lm_loss
+from xgblora_cli.core.record import Record
+from xgblora_cli.core.rundir import RunDir
+from xgblora_cli.core.train import Trainer
+from xgblora_cli.recipe_file import recipe_from_dict, recipe_to_yaml
+from xgblora_cli.runner import prepare
+
+
+def trainer_for(tmp_path: Path, model_dir: Path, **fields) -> Trainer:
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, model_dir, **fields), "r.yaml")
+    setup = prepare(recipe, "r.yaml")
+    run = RunDir(recipe.output_dir)
+    run.create(recipe_to_yaml(recipe), {"model_dir": str(setup.model_dir), "dtype": "float32"}, overwrite=False)
+    return Trainer(setup, run, show_progress=False)
+
+
+def test_blocks_by_gradient_takes_the_largest_or_samples_in_proportion() -> None:
+    scores = {0: 1.0, 1: 5.0, 2: 0.5, 3: 5.0, 4: 3.0}
+    assert blocks_by_gradient(scores, 2, 0, 0) == [1, 3]
+    assert blocks_by_gradient(scores, 3, 0, 0) == [1, 3, 4]
+    drawn = [tuple(blocks_by_gradient(scores, 2, 0, t, sample=True)) for t in range(300)]
+    assert drawn == [tuple(blocks_by_gradient(scores, 2, 0, t, sample=True)) for t in range(300)]  # seeded by position
+    counts = torch.bincount(torch.tensor(drawn).flatten(), minlength=5)
+    assert counts[1] > counts[0] > counts[2] and counts[3] > counts[4]  # in proportion to the scores
+    assert len(set(drawn)) > 3
+    assert blocks_by_gradient({0: 0.0, 1: 0.0, 2: 0.0}, 2, 0, 1, sample=True)  # all zero: drawn uniformly
+
+
+def test_gradient_init_points_v_along_the_top_singular_vector_with_u_zero(tmp_path: Path, tiny_model_dir: Path) -> None:
+    trainer = trainer_for(tmp_path, tiny_model_dir, booster_init="gradient", init_batches=2)
+    model, engine = trainer.setup.model, trainer.engine
+    blocks = engine.drawn_blocks(0)
+    batches = trainer.probe.batches(0)
+    layers = {name: layer for name, (_, layer) in engine.layers(blocks).items()}
+    flows = capture(layers, engine.blocks[min(blocks)], batches, lambda b: causal_lm_loss(model, b)[0] / 2)
+    random_rows = {}
+    trainer._start_booster()
+    booster = trainer.booster
+    assert booster.blocks == blocks  # the schedule still draws the blocks
+    for name, adapter in booster.adapters.items():
+        _, _, vh = torch.linalg.svd(flows[name].matrix())
+        a = adapter.lora_a.detach()[0]
+        assert abs(float(a @ vh[0])) / float(a.norm()) > 0.999, name  # V along the top right singular vector
+        assert not adapter.lora_b.any()  # U = 0: the model is unchanged
+        random_rows[name] = float(a.norm())
+    # the row norm is the random init's (same generator draw)
+    engine.discard(booster)
+    plain = engine.start(0)
+    for name, adapter in plain.adapters.items():
+        assert float(adapter.lora_a.detach()[0].norm()) == pytest.approx(random_rows[name], rel=1e-5)
+    engine.discard(plain)
+
+
+def test_gradient_schedule_picks_the_blocks_with_the_largest_gradient(tmp_path: Path, tiny_model_dir: Path) -> None:
+    trainer = trainer_for(tmp_path, tiny_model_dir, block_schedule="gradient", layers_per_booster=2)
+    model, engine = trainer.setup.model, trainer.engine
+    engine.set_block_modes(0)
+    scores = block_scores(engine.layers(list(range(4))), engine.blocks[0], trainer.probe.batches(0),
+                          lambda b: causal_lm_loss(model, b)[0])
+    engine.set_block_modes(None)
+    trainer._start_booster()
+    assert trainer.booster.blocks == sorted(sorted(scores, key=scores.get, reverse=True)[:2])
+
+
+def test_u_learns_at_its_own_rate(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """AdamW's first step moves each element by about the rate: U's by ratio x V's."""
+    steps = {}
+    for ratio in (1.0, 4.0):
+        trainer = trainer_for(tmp_path / str(ratio), tiny_model_dir, train={"u_lr_ratio": ratio, "max_grad_norm": 0,
+                                                                             "learning_rate": 1e-3})
+        trainer._start_booster()
+        trainer._train_step()
+        trainer._train_step()  # the second step: B is no longer zero, so A has a gradient too
+        adapter = next(iter(trainer.booster.adapters.values()))
+        steps[ratio] = float(adapter.lora_b.detach().abs().max())
+    assert steps[4.0] == pytest.approx(4 * steps[1.0], rel=0.05)
+
+
+def test_shrinkage_scales_what_is_merged_and_recorded(tmp_path: Path, tiny_model_dir: Path) -> None:
+    trainer = trainer_for(tmp_path, tiny_model_dir, shrinkage=0.5, train={"max_steps": 3})
+    trainer._start_booster()
+    for _ in range(3):
+        trainer._train_step()
+        trainer.step += 1
+    trained = {name: adapter.factors() for name, adapter in trainer.booster.adapters.items()}
+    trainer._merge(trainer.booster)
+    recorded = Record(trainer.run.path).load()[0].factors
+    for name, (u, v) in trained.items():
+        assert torch.equal(recorded[name][0], u * 0.5) and torch.equal(recorded[name][1], v)
+
+
+@pytest.mark.parametrize("fields", [{"block_schedule": "gradient", "booster_init": "gradient"},
+                                    {"block_schedule": "gradient_sample", "train": {"u_lr_ratio": 4.0}, "shrinkage": 0.7}],
+                         ids=["gradient", "sampled"])
+def test_sigkill_mid_booster_then_resume_makes_the_same_boosters(tmp_path: Path, tiny_model_dir: Path, fields: dict) -> None:
+    straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "a"), **fields))
+    killed = write_recipe(tmp_path / "b.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "b"), **fields))
+    assert run_cli("train", str(straight), "--no-progress").returncode == 0
+    result = run_cli("train", str(killed), "--no-progress", env={FAULT_ENV: "5"})  # last checkpoint: step 4, booster 1
+    assert result.returncode == -9, result.stderr
+    assert RunDir(tmp_path / "b").load_checkpoint().blocks is not None
+    assert run_cli("train", str(killed), "--resume", "--no-progress").returncode == 0
+    a, b = Record(tmp_path / "a").load(), Record(tmp_path / "b").load()
+    assert [x.blocks for x in a] == [x.blocks for x in b]
+    for x, y in zip(a, b):
+        for name in x.factors:
+            assert torch.allclose(x.factors[name][0], y.factors[name][0], atol=1e-6)
+            assert torch.allclose(x.factors[name][1], y.factors[name][1], atol=1e-6)
+    wa, wb = _final_weights(tmp_path / "a", tiny_model_dir), _final_weights(tmp_path / "b", tiny_model_dir)
+    assert all(torch.allclose(wa[n], wb[n], atol=1e-6) for n in wa)
+    assert [r["loss"] for r in step_rows(tmp_path / "b")] == pytest.approx([r["loss"] for r in step_rows(tmp_path / "a")], abs=1e-5)

@@ -1,0 +1,82 @@
+"""A booster's start along the loss gradient: its blocks chosen by gradient norm, its V set from the gradient.
+
+With ``block_schedule: gradient`` (or ``gradient_sample``) a probe through every block ranks the blocks by the
+squared norm of their weights' loss gradient on the window's first ``init_batches`` micro-batches, and booster t
+takes the k largest (or k drawn in proportion). With ``booster_init: gradient`` a second probe, through the
+chosen blocks only, keeps each adapted weight's flow (inputs and output gradients) and sets V to the top ``r``
+right singular vectors of ``dL/dW`` by power iteration (:mod:`xgblora_cli.core.gradient`); U stays zero, so the
+model is unchanged when the booster attaches and merges stay exact. The probes read the micro-batches the
+booster then trains on, with the merged model as it is; they never touch a ``.grad``. Each costs about one
+training step's forward and backward per micro-batch, once per booster (amortised over kappa steps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from xgblora_cli.common.runtime import SINGLE, Ranks, seeded_generator
+from xgblora_cli.core.boosting import BoostingEngine, blocks_by_gradient
+from xgblora_cli.core.gradient import block_scores, capture, top_singular
+from xgblora_cli.core.loss import causal_lm_loss
+from xgblora_cli.models.sharding import root_gathered
+
+
+class BoosterProbe:
+    """Chooses a booster's blocks and init from the gradient, for a :class:`BoostingEngine` and a run's setup."""
+
+    def __init__(self, engine: BoostingEngine, setup, ranks: Ranks = SINGLE) -> None:  # setup: core.train.Setup
+        self.engine = engine
+        self.setup = setup
+        self.ranks = ranks
+        self.plan = engine.plan
+
+    def batches(self, step: int) -> list:
+        """The window's first ``init_batches`` micro-batches of this rank (those its first steps train on)."""
+        args, part = self.setup.recipe.train, self.ranks.slice(self.setup.recipe.train.batch_size)
+        return [self.setup.stream.batch(step * args.grad_accum + j, part).to(self.setup.device)
+                for j in range(self.plan.init_batches)]
+
+    def _loss(self, count: int):
+        model = self.setup.model
+        return lambda batch: causal_lm_loss(model, batch)[0] / count
+
+    def start(self, index: int, step: int, attempt: int = 0) -> tuple[list[int] | None, dict[str, torch.Tensor] | None]:
+        """(blocks, ``{weight name: V (r, d_in)}``) for booster ``index`` starting at ``step``; None where the plan
+        draws them instead. A retry after divergence (``attempt > 0``) starts from a random V."""
+        batches = self.batches(step)
+        model = self.setup.model
+        was_training = model.training
+        model.train()
+        try:
+            with root_gathered(model):
+                blocks = self.choose_blocks(index, batches) if self.plan.probes_blocks else self.engine.drawn_blocks(index)
+                init = None
+                if self.plan.booster_init == "gradient" and attempt == 0:
+                    init = self.directions(index, blocks, batches)
+        finally:
+            self.engine.set_block_modes(None)
+            model.train(was_training)
+        return (blocks if self.plan.probes_blocks else None), init
+
+    def choose_blocks(self, index: int, batches: list) -> list[int]:
+        """The k blocks with the largest (or drawn in proportion to) squared gradient norms."""
+        everything = list(range(self.plan.num_layers))
+        self.engine.set_block_modes(0)
+        scores = block_scores(self.engine.layers(everything), self.engine.blocks[0], batches,
+                              self._loss(len(batches)), self.ranks)
+        return blocks_by_gradient(scores, self.plan.layers_per_booster, self.engine.seed, index,
+                                  sample=self.plan.block_schedule == "gradient_sample")
+
+    def directions(self, index: int, blocks: list[int], batches: list) -> dict[str, torch.Tensor]:
+        """``{weight name: V (r, d_in)}``: the top right singular vectors of each adapted weight's gradient."""
+        lowest = min(blocks)
+        self.engine.set_block_modes(lowest)
+        layers = {name: layer for name, (_, layer) in self.engine.layers(blocks).items()}
+        flows = capture(layers, self.engine.blocks[lowest], batches, self._loss(len(batches)))
+        generator = seeded_generator(self.engine.seed, index, "probe")
+        init = {}
+        for name, flow in flows.items():  # every rank, every layer: the power iteration's sums are collective
+            sigma, _, v = top_singular(flow, self.plan.rank, generator, ranks=self.ranks)
+            if float(sigma[0]) > 0:  # no gradient reached this weight: it keeps its random init
+                init[name] = v
+        return init
