@@ -161,6 +161,7 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
     info_file, timing = out / "run.json", out / "bench_wall_s.txt"
     if run_status(out) != "complete" or not timing.is_file():
         recipe_file = work / budget.name / f"{out.name}.yaml"
+        recipe_file.parent.mkdir(parents=True, exist_ok=True)
         recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
         started = time.perf_counter()
         runner.cli("train", str(recipe_file), "--no-progress", "--overwrite")
