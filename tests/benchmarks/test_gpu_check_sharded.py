@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT
 from tests.benchmarks.test_gpu_check import TINY
+from tests.conftest import ROOT
 
 
 def test_gpu_check_sharded_runs_small_on_two_cpu_ranks(tmp_path: Path) -> None:

@@ -40,7 +40,7 @@ class Opened:
     prompt: PromptFormat
     kind: str  # "run", "merged" or "model"
     path: Path  # the run directory, or the model folder
-    base_dir: Path  # the folder the weights were loaded from (a run's base)
+    base_dir: Path  # the base model's folder: a run's base, a merged folder's base as its merge recorded, else its own
     boosters: int = 0  # boosters replayed onto the base (a run)
     step: int | None = None  # a run as it was after this step (None: its end)
     stack: FactorStack = field(default_factory=FactorStack)  # the replayed factors, by weight
@@ -60,6 +60,15 @@ def merged_format(model_dir: Path) -> PromptFormat | None:
         return None
     stored = json.loads(summary.read_text()).get("prompt_format")
     return PromptFormat.from_dict(stored) if stored else None
+
+
+def merged_base(model_dir: Path) -> Path | None:
+    """The base model folder a merged folder was made from (its ``xgblora_merge.json``), if it still exists."""
+    summary = Path(model_dir) / MERGE_SUMMARY
+    if not summary.is_file():
+        return None
+    base = json.loads(summary.read_text()).get("base")
+    return Path(base) if base and Path(base).is_dir() else None
 
 
 def open_target(
@@ -96,7 +105,7 @@ def open_target(
         tokenizer = load_tokenizer(model_dir, trust_remote_code)
         stored = merged_format(model_dir)
         prompt = stored or PromptFormat.resolve(tokenizer, "auto", BASE_MAX_LEN)
-        opened = Opened(model, tokenizer, prompt, "merged" if stored else "model", model_dir, model_dir)
+        opened = Opened(model, tokenizer, prompt, "merged" if stored else "model", model_dir, merged_base(model_dir) or model_dir)
     if template is not None:
         opened.prompt = PromptFormat.resolve(opened.tokenizer, template, opened.prompt.max_len)
     return opened

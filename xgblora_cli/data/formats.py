@@ -122,6 +122,7 @@ def sharegpt(row: dict) -> dict:
 
 
 CONVERTERS = {"alpaca": alpaca, "prompt_completion": prompt_completion, "messages": messages, "sharegpt": sharegpt}
+FORMATS_ALLOWED = ("auto", *CONVERTERS)
 
 
 def load_records(spec: str, split: str = "train", fmt: str = "auto", columns: dict[str, str] | None = None) -> list[dict]:
