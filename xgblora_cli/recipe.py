@@ -135,7 +135,7 @@ class EvalArgs:
     tasks: list[str] = field(default_factory=list)
     """Tasks `xgblora eval RUN` runs without --task (e.g. [sst2])."""
     data: str = ""
-    """Local data for those tasks: a file, or a folder laid out like shared/data (empty: the hub)."""
+    """Local data for those tasks: a file, or a folder with glue/, commonsense/ or mmlu/ subfolders (empty: the hub)."""
     limit: int | None = None
     """Score a fixed, seeded subset of N questions per task (null: all)."""
     shots: int = 0

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from xgblora_cli.common.errors import UserError
 from xgblora_cli.common.fsutil import atomic_write_text
+from xgblora_cli.common.outputs import check_replace
 from xgblora_cli.core.rundir import RunDir
 from xgblora_cli.data.formats import read_rows, rename
 from xgblora_cli.recipe import Recipe
@@ -98,13 +100,24 @@ def best(points: list[SweepPoint]) -> SweepPoint:
     return min(ordered, key=lambda p: p.value)
 
 
+def is_sweep(out: Path) -> bool:
+    """Whether ``out`` is a sweep's folder (its held-out split, or its table)."""
+    return (out / "sweep.json").is_file() or (out / "data" / "val.jsonl").is_file()
+
+
 def sweep(recipe_path: Path, overrides: list[str], rates: list[float], val_count: int, out: Path,
-          progress: bool = True) -> list[SweepPoint]:
+          progress: bool = True, force: bool = False) -> list[SweepPoint]:
     """Train the recipe at each of ``rates`` on its data less ``val_count`` held-out records and score each run
-    on them; returns every rate's point (also in ``out/sweep.json``)."""
+    on them; returns every rate's point (also in ``out/sweep.json``). An existing sweep folder is continued
+    (finished rates are reused), or with ``force`` started afresh; a folder that is no sweep is refused."""
     if not rates or any(r <= 0 for r in rates):
         raise UserError(f"--lrs: give one or more positive learning rates, got {rates}")
     recipe = load_recipe(recipe_path, overrides)
+    if out.is_dir() and any(out.iterdir()) and not is_sweep(out):
+        raise UserError(f"--out {out}: this folder holds no xgblora sweep; choose another --out (a sweep's folder is "
+                        "reused: its finished rates count)")
+    if force and check_replace(out, force, is_sweep, "--out", "xgblora sweep"):
+        shutil.rmtree(out)
     train, val = split_dataset(recipe, val_count, out / "data")
     metric = metric_for(val)
     points: list[SweepPoint] = []

@@ -64,7 +64,7 @@ def test_existing_runs_are_never_overwritten_silently(tmp_path: Path, tiny_model
     fields = tiny_recipe(tmp_path, tiny_model_dir, steps_per_booster=2, train={"max_steps": 2})
     start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
-    with pytest.raises(UserError, match="holds another run; pass --resume to continue it, --overwrite"):
+    with pytest.raises(UserError, match="holds another run; pass --resume to continue it, --force"):
         start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
     with pytest.raises(UserError, match=r"recipe differs .*train.learning_rate \(run: 0.01, now: 0.02\)"):

@@ -35,8 +35,8 @@ def test_json_and_jsonl_give_the_same_records(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("[]", "no records"),
-        ('[{"instruction": "x"}]', "record 0 has no string field 'output'"),
-        ('[{"instruction": "x", "output": "y", "input": 3}]', "record 0 field 'input' must be a string"),
+        ('[{"instruction": "x"}]', "record 1 has no string field 'output'"),
+        ('[{"instruction": "x", "output": "y", "input": 3}]', "record 1 field 'input' must be a string"),
         ('{"a": 1}', "expected a JSON list of records"),
         ("[{", "not valid JSON"),
     ],

@@ -33,7 +33,7 @@ def test_each_format_is_detected_and_made_canonical(tmp_path: Path) -> None:
 
 def test_columns_are_renamed_and_formats_forced(tmp_path: Path) -> None:
     path = write(tmp_path / "qa.jsonl", [{"question": "Capital of France?", "answer": "Paris", "id": 7}])
-    with pytest.raises(UserError, match=r"record 0 matches no format \(it has answer, id, question\)"):
+    with pytest.raises(UserError, match=r"line 1 matches no format \(it has answer, id, question\)"):
         load_records(path)
     renamed = load_records(path, columns={"instruction": "question", "output": "answer"})
     assert renamed == [{"instruction": "Capital of France?", "input": "", "output": "Paris"}]
@@ -43,14 +43,14 @@ def test_columns_are_renamed_and_formats_forced(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("rows", "message"), [
     ([{"messages": CHAT}, {"messages": [{"role": "bot", "content": "x"}]}],
-     r"record 1: messages\[0\] must be \{role: system\|user\|assistant, content: str\}, got role 'bot'"),
+     r"line 2: messages\[0\] must be \{role: system\|user\|assistant, content: str\}, got role 'bot'"),
     ([{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]}],
-     "record 0: turn 1 is 'user', expected 'assistant'"),
-    ([{"messages": [{"role": "user", "content": "only a question"}]}], "record 0: has no assistant turn to learn from"),
+     "line 1: turn 1 is 'user', expected 'assistant'"),
+    ([{"messages": [{"role": "user", "content": "only a question"}]}], "line 1: has no assistant turn to learn from"),
     ([{"conversations": [{"from": "human", "value": "x"}, {"from": "robot", "value": "y"}]}],
-     r"record 0: conversations\[1\] must be \{from: system\|human\|gpt, value: str\}, got from 'robot'"),
-    ([{"prompt": "x", "completion": 3}], "record 0 has no string field 'completion'"),
-    ([{"messages": CHAT}, "text"], "record 1 is not an object"),
+     r"line 1: conversations\[1\] must be \{from: system\|human\|gpt, value: str\}, got from 'robot'"),
+    ([{"prompt": "x", "completion": 3}], "line 1 has no string field 'completion'"),
+    ([{"messages": CHAT}, "text"], "line 2 is not an object"),
 ])
 def test_bad_rows_are_named(tmp_path: Path, rows: list, message: str) -> None:
     with pytest.raises(UserError, match=message):

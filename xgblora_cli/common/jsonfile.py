@@ -36,3 +36,12 @@ def read_records(path: Path, what: str) -> list:
     if not isinstance(data, list):
         raise UserError(f"{what}: expected a JSON list of records or JSON Lines, got a {type(data).__name__}")
     return data
+
+
+def record_names(path: Path | None, count: int) -> list[str]:
+    """How each of ``count`` records is named in messages, counted as the user's editor counts: ``line N`` of a
+    .jsonl file (from 1, blank lines included), else ``record N`` (from 1: a .json list, a hub dataset's rows)."""
+    if path is not None and Path(path).suffix == ".jsonl" and Path(path).is_file():
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+        return [f"line {n}" for n, line in enumerate(lines, 1) if line.strip()][:count]
+    return [f"record {n}" for n in range(1, count + 1)]

@@ -65,7 +65,7 @@ class RunDir:
             if not self.is_run():  # never delete a folder this tool did not write, --overwrite or not
                 raise UserError(f"output_dir: {self.path} is not empty and holds no xgblora run; choose another output_dir")
             if not overwrite:
-                raise UserError(f"output_dir: {self.path} holds another run; pass --resume to continue it, --overwrite to replace it, or choose another output_dir")
+                raise UserError(f"output_dir: {self.path} holds another run; pass --resume to continue it, --force to replace it, or choose another output_dir")
 
     def create(self, recipe_yaml: str, info: dict, overwrite: bool) -> None:
         if overwrite and self.path.is_dir():

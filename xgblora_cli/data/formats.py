@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xgblora_cli.common.errors import UserError
-from xgblora_cli.common.jsonfile import read_records
+from xgblora_cli.common.jsonfile import read_records, record_names
 from xgblora_cli.data.hubdata import hub_rows
 
 ROLES = ("system", "user", "assistant")
@@ -128,20 +128,21 @@ FORMATS_ALLOWED = ("auto", *CONVERTERS)
 def load_records(spec: str, split: str = "train", fmt: str = "auto", columns: dict[str, str] | None = None) -> list[dict]:
     """Checked training records (Alpaca records or conversations) from ``spec``; ``fmt`` ``auto`` detects."""
     rows = [rename(row, columns or {}) for row in read_rows(spec, split)]
+    names = record_names(Path(spec).expanduser() if Path(spec).expanduser().is_file() else None, len(rows))
     if fmt == "auto":
         fmt = detect(rows[0]) or ""
         if not fmt:
             keys = ", ".join(sorted(rows[0])) if isinstance(rows[0], dict) else type(rows[0]).__name__
-            raise UserError(f"dataset '{spec}': record 0 matches no format (it has {keys}); expected instruction/output, "
+            raise UserError(f"dataset '{spec}': {names[0]} matches no format (it has {keys}); expected instruction/output, "
                             "prompt/completion, messages or conversations (dataset_columns renames columns)")
     convert = CONVERTERS[fmt]
     records = []
-    for number, row in enumerate(rows):
+    for name, row in zip(names, rows):
         if not isinstance(row, dict):
-            raise UserError(f"dataset '{spec}': record {number} is not an object ({fmt} records are objects)")
+            raise UserError(f"dataset '{spec}': {name} is not an object ({fmt} records are objects)")
         try:
             records.append(convert(row))
         except ValueError as err:
-            raise UserError(f"dataset '{spec}': record {number} {err}" if fmt in ("alpaca", "prompt_completion")
-                            else f"dataset '{spec}': record {number}: {err}") from None
+            raise UserError(f"dataset '{spec}': {name} {err}" if fmt in ("alpaca", "prompt_completion")
+                            else f"dataset '{spec}': {name}: {err}") from None
     return records

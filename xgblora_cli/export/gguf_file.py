@@ -18,13 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xgblora_cli import __version__
 from xgblora_cli.common.errors import UserError
+from xgblora_cli.common.outputs import check_replace
 from xgblora_cli.core.opening import open_target
 from xgblora_cli.core.rundir import RunDir
 from xgblora_cli.data.prompts import bos_ids
 from xgblora_cli.models.loading import load_config
 
 GGUF_DTYPES = ("f16", "bf16", "q8_0")
+MARKER_KEY = "xgblora.version"  # in the file's metadata: what --force looks for before replacing it
 BLOCK_TENSORS = {
     "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
     "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
@@ -125,6 +128,17 @@ def add_hyperparameters(writer, config, dtype: str) -> None:
     writer.add_vocab_size(config.vocab_size)
     file_types = {"f16": gguf.LlamaFileType.MOSTLY_F16, "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}
     writer.add_file_type(file_types[dtype])
+    writer.add_string(MARKER_KEY, __version__)
+
+
+def written_by_xgblora(path: Path) -> bool:
+    """Whether ``path`` is a GGUF file this exporter wrote (its metadata carries ``MARKER_KEY``)."""
+    import gguf
+
+    try:
+        return MARKER_KEY in gguf.GGUFReader(str(path)).fields
+    except Exception:  # not a GGUF file at all
+        return False
 
 
 def export_gguf(run_dir: Path, out: Path, dtype: str = "f16", force: bool = False) -> dict:
@@ -135,8 +149,7 @@ def export_gguf(run_dir: Path, out: Path, dtype: str = "f16", force: bool = Fals
         raise UserError(f"--dtype: must be one of {', '.join(GGUF_DTYPES)} for --format gguf, got {dtype!r}")
     if out.suffix != ".gguf":
         raise UserError(f"--out {out}: a GGUF file name ending in .gguf")
-    if out.exists() and not force:
-        raise UserError(f"--out {out}: already exists; pass --force to replace it")
+    check_replace(out, force, written_by_xgblora, "--out", "xgblora export")
     run = RunDir(run_dir)
     base_dir = run.base_dir()
     recipe = run.recipe()

@@ -12,18 +12,20 @@ from pathlib import Path
 
 from xgblora_cli.common.errors import UserError
 from xgblora_cli.common.fsutil import check_writable, publish_dir
+from xgblora_cli.common.outputs import check_replace, has_file
 from xgblora_cli.core.opening import MERGE_SUMMARY, open_target
 from xgblora_cli.core.rundir import RunDir
 from xgblora_cli.recipe import DTYPES
 
 
 def check_out(out: Path, force: bool, base_dir: Path) -> None:
+    """Refuse an ``--out`` inside the base model's folder, or one that exists and is not a merge (``--force``
+    replaces only a folder ``xgblora merge`` wrote)."""
     if out.resolve() == base_dir.resolve() or base_dir.resolve() in out.resolve().parents:
         raise UserError(f"--out {out}: must not be inside the base model folder {base_dir} (base files are never written)")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise UserError(f"--out {out}: folder exists and is not empty; pass --force to replace it")
+    check_replace(out, force, has_file(MERGE_SUMMARY), "--out", "xgblora merge")
 
 
 def merge_run(run_dir: Path, out: Path, force: bool = False, dtype: str | None = None) -> dict:

@@ -22,6 +22,7 @@ import torch
 
 from xgblora_cli.common.errors import UserError
 from xgblora_cli.common.fsutil import publish_dir
+from xgblora_cli.common.outputs import check_replace, has_file
 from xgblora_cli.core.boosting import find_targets
 from xgblora_cli.core.merge import FactorStack
 from xgblora_cli.core.record import Record
@@ -90,6 +91,9 @@ def adapter_tensors(stack: FactorStack, names: list[str], shapes: dict[str, tupl
     return tensors, width, truncation
 
 
+EXPORT_MARKER = "xgblora_export.json"  # beside the adapter: which run it is, and the marker --force looks for
+
+
 def adapter_config(base: str, target_modules: list[str], rank: int) -> dict:
     """``adapter_config.json``: one rank and alpha for every module (no ``rank_pattern``, which vLLM ignores)."""
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base, "r": rank, "lora_alpha": rank,
@@ -107,8 +111,7 @@ def export_peft(run_dir: Path, out: Path, rank: int | None = None, force: bool =
     run = RunDir(run_dir)
     base_dir = run.base_dir()
     recipe = run.recipe()
-    if out.exists() and not force:
-        raise UserError(f"--out {out}: already exists; pass --force to replace it")
+    check_replace(out, force, has_file(EXPORT_MARKER), "--out", "xgblora export")
     skeleton = load_skeleton(base_dir, recipe.trust_remote_code)
     targets = find_targets(skeleton, recipe.target_modules)
     shapes = {name: (getattr(p, a).out_features, getattr(p, a).in_features) for layers in targets for name, (p, a) in layers.items()}
@@ -122,6 +125,7 @@ def export_peft(run_dir: Path, out: Path, rank: int | None = None, force: bool =
     def write(tmp: Path) -> None:
         save_file(tensors, tmp / "adapter_model.safetensors", metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / EXPORT_MARKER).write_text(json.dumps({"run": str(run.path), "rank": width, "exact": rank is None}, indent=2) + "\n")
 
     publish_dir(out, write)
     summary = {"rank": width, "weights": len(shapes), "touched": len(stack.factors), "bytes": (out / "adapter_model.safetensors").stat().st_size}

@@ -17,6 +17,7 @@ import torch
 from xgblora_cli import __version__
 from xgblora_cli.common.errors import UserError
 from xgblora_cli.common.fsutil import append_line, atomic_write_text
+from xgblora_cli.common.outputs import check_replace
 from xgblora_cli.common.progress import Bar
 from xgblora_cli.core.opening import Opened
 from xgblora_cli.generation.engine import Sampling, batch, prepare_for_generation
@@ -46,13 +47,9 @@ def check_output(output: Path, force: bool, resume: bool) -> None:
         raise UserError(f"--output {output}: is a folder; give a file name such as answers.jsonl")
     if output.suffix != ".jsonl":
         raise UserError(f"--output {output}: answers are written as JSON Lines; give a .jsonl file name")
-    if output.exists() and not resume:
-        if not force:
-            raise UserError(f"--output {output}: already exists; pass --force to replace it (or --resume to finish it)")
-        if not written_by_us(output):
-            raise UserError(f"--output {output}: exists and was not written by xgblora generate; --force replaces only "
-                            "xgblora's own outputs: choose another file name")
-    if resume and not partial_path(output).exists() and not output.exists():
+    if not resume:
+        check_replace(output, force, written_by_us, "--output", "xgblora generate", " (or --resume to finish it)")
+    elif not partial_path(output).exists() and not output.exists():
         raise UserError(f"--resume: nothing to resume for {output} (no output and no partial file {partial_path(output).name})")
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xgblora_cli.common.errors import UserError
-from xgblora_cli.common.jsonfile import read_records
+from xgblora_cli.common.jsonfile import read_records, record_names
 from xgblora_cli.data.formats import detect, rename, turns
 from xgblora_cli.data.prompts import PromptFormat
 
@@ -93,7 +93,7 @@ def load_prompts(path: Path, fmt: str = "auto", columns: dict[str, str] | None =
     rows = [rename(row, columns or {}) for row in read_records(path, where)]
     if not rows:
         raise UserError(f"{where}: no prompts (the file holds no records)")
-    numbers = _record_names(path, len(rows))
+    numbers = record_names(path, len(rows))
     out = []
     for number, row in zip(numbers, rows):
         if not isinstance(row, dict):
@@ -107,12 +107,3 @@ def load_prompts(path: Path, fmt: str = "auto", columns: dict[str, str] | None =
         except ValueError as err:
             raise UserError(f"{where}: {number} {err}") from None
     return out
-
-
-def _record_names(path: Path, count: int) -> list[str]:
-    """How each of ``count`` records is named in messages: ``line N`` of a .jsonl file (as an editor counts,
-    blank lines included), ``record N`` (from 1) of a .json list."""
-    if path.suffix == ".jsonl":
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-        return [f"line {n}" for n, line in enumerate(lines, 1) if line.strip()]
-    return [f"record {n}" for n in range(1, count + 1)]

@@ -149,6 +149,11 @@ def resolve_model_dir(spec: str, allow_pickle: bool = False, trust_remote_code: 
                 "refused unless the recipe sets allow_pickle: true (they are then converted once to safetensors)"
             )
         return _cached_pickle(path, trust_remote_code)
+    if path.is_file():
+        raise UserError(
+            f"model '{spec}': is a file, not a model; expected a Hugging Face model folder (config.json and .safetensors "
+            f"weights), a .gguf file (by its .gguf name), a hub id or an alias ({', '.join(ALIASES)})"
+        )
     is_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
     if not is_hub_id:
         raise UserError(

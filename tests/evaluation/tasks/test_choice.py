@@ -29,10 +29,10 @@ def test_both_layouts_and_bad_rows_counted_and_named(tmp_path: Path) -> None:
     assert first.candidates == ["yes", "no"] and first.options == [" yes", " no"] and first.context == "Is fire hot?\nAnswer:"
     assert loaded.questions[2].candidates == ["the correct answer is true", "the correct answer is false"]
     assert loaded.skipped == 4
-    assert loaded.skip_reasons[0] == "record 3: 'answer' 2 is neither an index 0..1 nor one of the choices"
-    assert loaded.skip_reasons[1] == "record 4: 'choices' must be a list of two or more non-empty strings"
-    assert loaded.skip_reasons[2].startswith("record 5: neither a {prompt, choices, answer} record")
-    assert loaded.skip_reasons[3] == "record 6: not an object"
+    assert loaded.skip_reasons[0] == "line 4: 'answer' 2 is neither an index 0..1 nor one of the choices"
+    assert loaded.skip_reasons[1] == "line 5: 'choices' must be a list of two or more non-empty strings"
+    assert loaded.skip_reasons[2].startswith("line 6: neither a {prompt, choices, answer} record")
+    assert loaded.skip_reasons[3] == "line 7: not an object"
 
 
 def test_wrong_data_is_a_one_line_error(tmp_path: Path) -> None:

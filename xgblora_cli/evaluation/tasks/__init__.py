@@ -39,23 +39,24 @@ class Loaded:
     skip_reasons: list[str] = field(default_factory=list)
 
 
-def collect(records: list, convert: Callable[[dict], "Question | str"], source: str, unit: str = "record", first: int = 0) -> Loaded:
+def collect(records: list, convert: Callable[[dict], "Question | str"], source: str, names: list[str] | None = None) -> Loaded:
     """Turn records into questions with ``convert`` (a Question, or the reason a record cannot be scored).
 
     A record that is already a string is a reason given by the reader (a hub row it could not convert). Bad
-    records are counted, and the first five are named by their number in ``source`` (``unit`` ``first`` is the
-    first record: ``record 0``, or ``line 2`` for a file with a header).
+    records are counted, and the first five are named: by ``names`` (``line 7`` of the file, as an editor counts;
+    :func:`xgblora_cli.common.jsonfile.record_names`), else ``record N`` from 1.
     """
     if not records:
         raise UserError(f"{source}: no records")
     loaded = Loaded([])
-    for number, record in enumerate(records, first):
+    names = names or [f"record {n}" for n in range(1, len(records) + 1)]
+    for name, record in zip(names, records):
         if isinstance(record, str):
             result: Question | str = record
         else:
             result = convert(record) if isinstance(record, dict) else "not an object"
             if not isinstance(result, Question):
-                result = f"{unit} {number}: {result}"
+                result = f"{name}: {result}"
         if isinstance(result, Question):
             loaded.questions.append(result)
         else:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from xgblora_cli.common.errors import UserError
-from xgblora_cli.common.jsonfile import read_records
+from xgblora_cli.common.jsonfile import read_records, record_names
 from xgblora_cli.evaluation.tasks import Loaded, Question, collect
 from xgblora_cli.evaluation.tasks.commonsense import to_question
 
@@ -51,4 +51,5 @@ def load(data: Path | None) -> Loaded:
         raise UserError("task 'choice': give --data, a .json/.jsonl file of {prompt, choices, answer} or LLM-Adapters records")
     if not data.is_file() or data.suffix not in (".json", ".jsonl"):
         raise UserError(f"--data {data}: task 'choice' reads one .json or .jsonl file")
-    return collect(read_records(data, f"--data {data}"), to_choice_question, str(data))
+    records = read_records(data, f"--data {data}")
+    return collect(records, to_choice_question, str(data), record_names(data, len(records)))

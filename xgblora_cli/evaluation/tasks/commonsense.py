@@ -11,10 +11,10 @@ import re
 from pathlib import Path
 
 from xgblora_cli.common.errors import UserError
-from xgblora_cli.common.jsonfile import read_records
+from xgblora_cli.common.jsonfile import read_records, record_names
 from xgblora_cli.evaluation.tasks import Loaded, Question, collect
 
-# task name -> folder name in the LLM-Adapters layout (and in ../shared/data/commonsense)
+# task name -> folder name in the LLM-Adapters layout (a data folder's commonsense/<folder>/test.json)
 FOLDERS = {
     "boolq": "boolq", "piqa": "piqa", "siqa": "social_i_qa", "hellaswag": "hellaswag", "winogrande": "winogrande",
     "arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "openbookqa": "openbookqa",
@@ -81,4 +81,5 @@ def load(task: str, data: Path | None) -> Loaded:
     if data is None:
         return collect(hub.load_records(task), to_question, hub.SOURCES[task][0])
     path = data_file(task, data)
-    return collect(read_records(path, f"--data {path}"), to_question, str(path))
+    records = read_records(path, f"--data {path}")
+    return collect(records, to_question, str(path), record_names(path, len(records)))

@@ -143,4 +143,4 @@ def load(task: str, data: Path | None) -> Loaded:
     if missing:
         raise UserError(f"--data {path}: no '{missing[0]}' column (the header has {', '.join(header)}); "
                         f"task '{task}' needs {', '.join(GLUE[task].columns)}")
-    return collect(rows, lambda row: to_glue_question(task, row), str(path), unit=f"{path.name} line", first=2)
+    return collect(rows, lambda row: to_glue_question(task, row), str(path), [f"{path.name} line {n}" for n in range(2, len(rows) + 2)])
