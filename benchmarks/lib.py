@@ -260,3 +260,35 @@ def save_figure(figure, out: Path) -> None:
     figure.tight_layout()
     figure.savefig(out, dpi=110)
     plt.close(figure)
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A ratio measured over interleaved rounds: its median, quartiles and range, and how many rounds it took."""
+
+    median: float
+    low: float
+    high: float
+    q1: float
+    q3: float
+    rounds: int
+
+    def text(self, digits: int = 2) -> str:
+        """``1.68 (range 1.52-1.80 over 7 rounds)``."""
+        return f"{self.median:.{digits}f} (range {self.low:.{digits}f}-{self.high:.{digits}f} over {self.rounds} rounds)"
+
+
+def ratio_rounds(one_round: Callable[[int], float], min_rounds: int = 5, max_rounds: int = 15,
+                 tolerance: float = 0.10) -> Ratio:
+    """Repeat ``one_round(r)`` (one interleaved round: both sides measured back to back, returning their ratio)
+    until the spread is known: at least ``min_rounds``, then until the quartiles lie within ``tolerance`` of the
+    median (or ``max_rounds``). Under load a few rounds decide nothing; the median and range of many do."""
+    values: list[float] = []
+    for number in range(max_rounds):
+        values.append(one_round(number))
+        if len(values) >= min_rounds:
+            q1, _, q3 = statistics.quantiles(values, n=4)
+            if (q3 - q1) <= tolerance * statistics.median(values):
+                break
+    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0], 0, values[0])
+    return Ratio(statistics.median(values), min(values), max(values), q1, q3, len(values))
