@@ -30,6 +30,8 @@ class Sampling:
     """Sampling only: keep the smallest set of tokens whose probability reaches this (1: all)."""
     seed: int = 0
     """Sampling only: the random seed, set once per session or file."""
+    min_new_tokens: int = 0
+    """Tokens generated at least (an end token earlier is ignored): for timing a fixed length, not for users."""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -40,9 +42,10 @@ class Sampling:
             raise UserError(f"--top-p: must be in (0, 1], got {self.top_p}")
 
     def generate_kwargs(self) -> dict:
+        fixed = {"min_new_tokens": self.min_new_tokens} if self.min_new_tokens else {}
         if self.temperature == 0:
-            return {"do_sample": False}
-        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
+            return {"do_sample": False, **fixed}
+        return {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, **fixed}
 
 
 @dataclass
