@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test quickstart bench bench-quality bench-defaults bench-sensitivity bench-dtype plan-check fidelity clean
+.PHONY: install test quickstart bench bench-render bench-quality bench-defaults bench-sensitivity bench-dtype bench-boosters bench-chat plan-check fidelity clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ bench: $(STAMP)
 	$(PY) -m benchmarks packing
 	$(PY) -m benchmarks sharding
 
+# every table and plot of docs/benchmarks.md and docs/boosters.md from benchmarks/results/ alone (seconds)
+bench-render: $(STAMP)
+	$(PY) -m benchmarks render
+
 # base vs xgblora vs cola vs lora (and the single-adapter control) on GLUE SST-2 and RTE from ../shared/data/glue:
 # each preset at its shipped rate (chosen on validation by bench-defaults), 3 seeds, GLUE dev as test, learning
 # curves, two runs side by side (about 2 hours on 2 cores with AMX; resumable: finished runs and evaluations in
@@ -54,6 +58,15 @@ bench-defaults: $(STAMP)
 bench-sensitivity: $(STAMP)
 	$(PY) -m benchmarks sensitivity
 	$(PY) -m benchmarks tradeoff
+
+# boosters that learn: each booster mechanism alone and combined against the xgblora preset, lora and the control on
+# SST-2 and RTE validation, 3 seeds (hours on 2 cores; resumable: runs in runs/bench_boosters are reused)
+bench-boosters: $(STAMP)
+	$(PY) -m benchmarks boosters --tasks sst2 rte --steps 100 400
+
+# chat on a run against its merged folder, and generate batched against one prompt at a time (minutes)
+bench-chat: $(STAMP)
+	$(PY) -m benchmarks chat_speed
 
 # a bf16 base against float32 on this CPU: step time (interleaved rounds, as a ratio) and SST-2 validation accuracy
 # of the xgblora and lora presets (about an hour on 2 cores; resumable, float32 runs shared with bench-defaults,

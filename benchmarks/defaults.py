@@ -2,29 +2,24 @@
 tasks of the quality benchmark together (SST-2 and RTE), the rate with the best worst-case relative accuracy.
 
 For every method and every rate of its grid that has a seed-0 validation score on a task (``val_acc.json`` of the
-run ``runs/bench_quality/<task>/<method>_lr<rate>_s0``, written by benchmarks/quality.py), the relative accuracy
+run ``runs/bench_quality/<task>/<method>_lr<rate>_s0``, written by benchmarks/quality.py, kept in
+``benchmarks/results/defaults.json`` with the scores measured before), the relative accuracy
 on that task is the rate's validation accuracy over the best rate's; a rate's worst-case relative accuracy is the
 smaller over the tasks, and only rates scored on every task have one. The rule picks the highest (ties: the lower
 rate) and the table sets it beside the preset's shipped default (``xgblora_cli/recipe.py``). Nothing is trained or
 scored here and no test number enters.
 
-    .venv/bin/python -m benchmarks defaults [--work runs/bench_quality] [--doc docs/benchmarks.md]
+    python -m benchmarks defaults [--work runs/bench_quality] [--doc docs/benchmarks.md] [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
-from benchmarks.lib import (
-    ROOT,
-    block,
-    recorded_accuracy,
-    require_runs,
-    row_cells,
-    write_doc,
-)
+from benchmarks.lib import ROOT, recorded_accuracy, write_doc
 from xgblora_cli.recipe import PRESETS
 
 START, END = "<!-- bench_defaults:start -->", "<!-- bench_defaults:end -->"
@@ -33,10 +28,17 @@ METHODS = ["xgblora", "cola", "lora"]
 LABELS = {"sst2": "SST-2", "rte": "RTE"}
 
 
+RESULTS = ROOT / "benchmarks" / "results" / "defaults.json"
+Scores = dict[str, dict[str, dict[float, float]]]
+"""{task: {method: {rate: seed-0 validation accuracy (%)}}}"""
+
+
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks defaults", description=__doc__.split("\n")[0])
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
+    p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--report-only", action="store_true", help="the table from the results file alone")
     return p.parse_args()
 
 
@@ -50,6 +52,28 @@ def grid_scores(work: Path, task: str, method: str) -> dict[float, float]:
         if match:
             scores[float(match.group(1))] = recorded_accuracy(result)
     return scores
+
+
+def load_scores(path: Path) -> Scores:
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())["scores"]
+    return {t: {m: {float(lr): acc for lr, acc in rates.items()} for m, rates in methods.items()} for t, methods in data.items()}
+
+
+def save_scores(path: Path, scores: Scores) -> None:
+    data = {t: {m: {f"{lr:g}": acc for lr, acc in sorted(rates.items())} for m, rates in methods.items()} for t, methods in scores.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"scores": data}, indent=1) + "\n")
+
+
+def merged(kept: Scores, work: Path) -> Scores:
+    """The kept scores with every seed-0 validation score in ``work`` added (a score measured again replaces the kept one)."""
+    out = {t: {m: dict(rates) for m, rates in methods.items()} for t, methods in kept.items()}
+    for task in TASKS:
+        for method in METHODS:
+            out.setdefault(task, {}).setdefault(method, {}).update(grid_scores(work, task, method))
+    return out
 
 
 def worst_relative(by_task: dict[str, dict[float, float]]) -> dict[float, float]:
@@ -66,14 +90,14 @@ def pick(worst: dict[float, float]) -> float | None:
     return max(sorted(worst), key=lambda lr: worst[lr]) if worst else None
 
 
-def table(work: Path) -> str:
+def table(scores: Scores) -> str:
     """The rule's table: every method's rates with their validation accuracy per task, worst-case relative
     accuracy, the rule's pick and the shipped default."""
     lines = ["| method | rate | " + " | ".join(f"{LABELS[t]} val. (seed 0)" for t in TASKS) + " | worst relative | |",
              "|---|---|" + "---|" * len(TASKS) + "---|---|"]
     picks = []
     for method in METHODS:
-        by_task = {task: grid_scores(work, task, method) for task in TASKS}
+        by_task = {task: scores.get(task, {}).get(method, {}) for task in TASKS}
         worst = worst_relative(by_task)
         chosen, default = pick(worst), PRESETS[method].learning_rate
         picks.append(f"{method} {chosen:g} (of {len(worst)} rate{'s' * (len(worst) != 1)} scored on both)"
@@ -87,29 +111,22 @@ def table(work: Path) -> str:
         f"{m} {PRESETS[m].learning_rate:g}" for m in METHODS) + "."
 
 
-def ruled_in(text: str) -> set[tuple[str, float]]:
-    """(method, rate) of every row of the table in ``text`` that has a worst-case relative accuracy."""
-    rows = (row_cells(line) for line in block(text, START, END).splitlines())
-    return {(cells[0], float(cells[1].strip("*"))) for cells in rows
-            if len(cells) > 2 + len(TASKS) and re.fullmatch(r"[0-9.]+", cells[2 + len(TASKS)])}
-
-
-def ruled_here(work: Path) -> set[tuple[str, float]]:
-    """(method, rate) of every rate that the runs in ``work`` score on every task."""
-    return {(method, lr) for method in METHODS
-            for lr in worst_relative({task: grid_scores(work, task, method) for task in TASKS})}
-
-
 def main() -> None:
     args = parse_args()
-    require_runs(args.work, args.doc)
-    lost = ruled_in(args.doc.read_text() if args.doc.is_file() else "") - ruled_here(args.work)
-    if lost:  # the runs here are fewer than the table's (a clean clone with the record, a partial benchmark)
-        raise SystemExit(f"{args.work} lacks the seed-0 validation runs of {len(lost)} rate(s) the table in {args.doc} rules on "
-                         f"(e.g. {' '.join(f'{m} {lr:g}' for m, lr in sorted(lost)[:3])}); the table is left as it is")
-    body = f"Command: `python -m benchmarks defaults` (reads the runs of `benchmarks/quality.py`; validation only).\n\n{table(args.work)}"
-    write_doc(args.doc, body, START, END)
-    print(body)
+    scores = load_scores(args.results)
+    if not args.report_only:
+        scores = merged(scores, args.work)
+        save_scores(args.results, scores)
+    if not scores:
+        raise SystemExit(f"{args.results}: no scores; {args.doc} is left as it is (measure: make bench-defaults)")
+    text = body(scores)
+    write_doc(args.doc, text, START, END)
+    print(text)
+
+
+def body(scores: Scores) -> str:
+    """The section: the command and the rule's table."""
+    return f"Command: `python -m benchmarks defaults` (reads the runs of `benchmarks/quality.py`; validation only).\n\n{table(scores)}"
 
 
 if __name__ == "__main__":

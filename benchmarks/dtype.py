@@ -12,10 +12,11 @@ of benchmarks/quality.py).
   (held-out training records, never test). The float32 runs are bench_quality's own (same names), so they are
   reused where they exist.
 
-Resumable (finished runs, scores and step times in ``--work`` are reused); ``--report-only`` rewrites the table from
-what is finished. Ends with ``bf16_step_speedup_<method>=X`` per method.
+Resumable (finished runs, scores and step times in ``--work`` are reused). Every number is kept as data in
+``--results`` (``benchmarks/results/dtype.json``); ``--report-only`` renders the table from it alone. Ends with
+``bf16_step_speedup_<method>=X`` per method.
 
-    .venv/bin/python -m benchmarks dtype [--methods xgblora lora] [--seeds 0] [--steps 8] [--rounds 2]
+    python -m benchmarks dtype [--methods xgblora lora] [--seeds 0] [--steps 8] [--rounds 2] [--report-only]
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from benchmarks.lib import (
     Missing,
     Runner,
     cpu_bf16_flags,
-    require_runs,
     spread,
     timed_steps,
     train_run,
@@ -58,7 +58,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--lrs", nargs="*", default=[])
-    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "dtype.json")
+    p.add_argument("--report-only", action="store_true", help="the table from the results file alone; run nothing")
     return p.parse_args()
 
 
@@ -106,12 +107,12 @@ def accuracies(bench: TaskBench, args: argparse.Namespace, method: str, dtype: s
     return found
 
 
-def table(args: argparse.Namespace, times: dict[str, list[float]], accs: dict[str, list[float | None]]) -> tuple[str, dict[str, float]]:
+def table(methods: list[str], times: dict[str, list[float]], accs: dict[str, list[float | None]]) -> tuple[str, dict[str, float]]:
     """The markdown table and the speed-up (float32 step over bfloat16 step, medians over rounds) per method."""
     lines = ["| method (default rate) | dtype | s per step, by round | speed-up vs float32 | s to score (loading included), by round "
              "| speed-up vs float32 | SST-2 val. accuracy | by seed |", "|---|---|---|---|---|---|---|---|"]
     speedups = {}
-    for method in args.methods:
+    for method in methods:
         for dtype in DTYPES:
             cells = []
             for kind in ("", " eval"):
@@ -127,20 +128,31 @@ def table(args: argparse.Namespace, times: dict[str, list[float]], accs: dict[st
     return "\n".join(lines), speedups
 
 
+def render(record: dict) -> tuple[str, dict[str, float]]:
+    """The section from the record alone, and the speed-ups."""
+    body, speedups = table(record["methods"], record["times"], record["accs"])
+    return (f"Command: `{record['command']}`; this CPU's bf16 arithmetic: {', '.join(record['flags']) or 'none (bf16 is emulated)'}; "
+            f"{record['steps']}-step runs scored on {record['eval_limit']} questions, {record['rounds']} interleaved rounds; "
+            f"validation accuracy (%) at the SST-2 budget, seeds {' '.join(map(str, record['seeds'])) or 'none'}.\n\n{body}"), speedups
+
+
 def main() -> None:
     args = parse_args()
     if args.report_only:
-        require_runs(args.work, args.doc)
-    runner = Runner(args.report_only)
-    bench = TaskBench(args, runner, BUDGETS["sst2"])
-    times = step_times(args, runner)
-    accs = {f"{m} {d}": accuracies(bench, args, m, d) for m in args.methods for d in DTYPES}
-    body, speedups = table(args, times, accs)
-    flags = cpu_bf16_flags()
-    command = "python -m benchmarks dtype " + shlex.join(sys.argv[1:])
-    text = (f"Command: `{command.strip()}`; this CPU's bf16 arithmetic: {', '.join(flags) or 'none (bf16 is emulated)'}; "
-            f"{args.steps}-step runs scored on {args.eval_limit} questions, {args.rounds} interleaved rounds; validation accuracy (%) at the SST-2 budget, "
-            f"seeds {' '.join(map(str, args.seeds)) or 'none'}.\n\n{body}")
+        if not args.results.is_file():
+            raise SystemExit(f"{args.results}: no results file; {args.doc} is left as it is (measure: make bench-dtype)")
+        record = json.loads(args.results.read_text())
+    else:
+        runner = Runner(False)
+        bench = TaskBench(args, runner, BUDGETS["sst2"])
+        times = step_times(args, runner)
+        accs = {f"{m} {d}": accuracies(bench, args, m, d) for m in args.methods for d in DTYPES}
+        record = {"command": ("python -m benchmarks dtype " + shlex.join(sys.argv[1:])).strip(), "flags": cpu_bf16_flags(),
+                  "steps": args.steps, "eval_limit": args.eval_limit, "rounds": args.rounds, "seeds": args.seeds,
+                  "methods": args.methods, "times": times, "accs": accs}
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(record, indent=1) + "\n")
+    text, speedups = render(record)
     write_doc(args.doc, text, START, END)
     print(text)
     print(" ".join(f"bf16_step_speedup_{m}={r:.2f}" for m, r in speedups.items()))

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from benchmarks import quality_report
 from benchmarks.lib import (
     GLUE_DIR,
     ROOT,
@@ -44,15 +45,12 @@ from benchmarks.lib import (
     accuracy,
     chosen_dtype,
     cut_glue,
-    require_runs,
     run_side_by_side,
-    save_figure,
-    spread,
     step_times_file,
     train_run,
-    write_doc,
     write_records,
 )
+from benchmarks.quality_report import RESULTS
 from xgblora_cli.evaluation.tasks.glue import GLUE
 from xgblora_cli.recipe import PRESETS
 
@@ -95,7 +93,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--report-only", action="store_true", help="write the tables from finished results only; run nothing")
+    p.add_argument("--results", type=Path, default=None, help="the results file (default: benchmarks/results/quality.json, "
+                   "quality_grid.json for --rates grid)")
+    p.add_argument("--collect", action="store_true", help="build the results file from the finished runs in --work; run nothing")
+    p.add_argument("--report-only", action="store_true", help="write the tables and plots from the results file alone; run nothing")
     return p.parse_args()
 
 
@@ -209,20 +210,24 @@ def chosen_rates(bench: TaskBench, methods: list[str], unfinished: list[str]) ->
 
 
 def method_rows(bench: TaskBench, methods: list[str], unfinished: list[str]) -> dict[str, dict]:
-    """Per method: chosen rate, validation accuracy by rate, test accuracies by seed, curves, wall times."""
+    """Per method, as data: chosen rate, validation accuracy by rate, its source, plan, and per seed the test
+    accuracy, the share of answers giving the first label, the median step time and the learning curve."""
     rows: dict[str, dict] = {}
     for method, (best, grid_scores, source) in chosen_rates(bench, methods, unfinished).items():
-        runs, tests, curves = [], [], []
+        seeds, plan, trainable = [], None, None
         for seed in bench.args.seeds:
             try:
                 run, test, curve = bench.finish(method, best, seed)
-                tests.append(test)  # appended together: a run whose curve is unfinished counts nowhere
-                curves.append(curve)
-                runs.append(run)
             except Missing:
                 unfinished.append(f"{bench.budget.name} {method} seed {seed}")
-        if runs:
-            rows[method] = {"lr": best, "grid": grid_scores, "source": source, "test": tests, "curves": curves, "runs": runs}
+                continue
+            plan, trainable = run["plan"], run["trainable_per_booster"]
+            seeds.append({"seed": seed, "test": test, "share": answer_share(run["dir"], bench.budget.name),
+                          "step_s": run["step_s"], "curve": [list(point) for point in curve], "run": run["dir"].name})
+        if seeds:
+            rows[method] = {"lr": best, "grid": {f"{lr:g}": acc for lr, acc in sorted(grid_scores.items())}, "source": source,
+                            "plan": {k: plan[k] for k in ("rank", "layers_per_booster", "num_boosters")},
+                            "trainable": trainable, "seeds": seeds}
     return rows
 
 
@@ -263,138 +268,86 @@ def step_cost(work: Path) -> dict[str, float]:
     return {method: times[config] / times["lora"] for method, config in TIMED_AS.items() if config in times and "lora" in times}
 
 
-def answer_share(folder: Path, task: str) -> tuple[str, float] | None:
-    """(the task's first answer label, the % of test answers that gave it) from ``folder/test_acc.json``; None for a
+def answer_share(folder: Path, task: str) -> list | None:
+    """[the task's first answer label, the % of test answers that gave it] from ``folder/test_acc.json``; None for a
     result written before eval recorded its answer shares."""
     result = json.loads((folder / "test_acc.json").read_text())["tasks"][task]
     if "predicted" not in result:
         return None
     label = sorted(result["gold"])[0]
-    return label, 100 * result["predicted"].get(label, 0.0)
-
-
-def shares_cell(folders: list[Path], task: str) -> str:
-    """``false 100%, 11%, 94%``: the share of test answers giving the first label, per run ("?" where not recorded)."""
-    shares = [answer_share(folder, task) for folder in folders]
-    known = [share for share in shares if share]
-    if not known:
-        return "-"
-    return f"`{known[0][0]}` " + ", ".join(f"{share[1]:.0f}%" if share else "?" for share in shares)
-
-
-def task_table(task: str, base: tuple[float, float], base_dir: Path, rows: dict[str, dict]) -> str:
-    lines = [f"**{task.upper()}** (test = GLUE dev; validation = held-out training records)", "",
-             "| model | learning rate (validation accuracy by rate) | validation acc. | test accuracy | test answers giving the first label, by seed "
-             "| s per step (the run's median, load-dependent) | trainable params |",
-             "|---|---|---|---|---|---|---|",
-             f"| base (untouched) | - | {base[0]:.1f} | {base[1]:.1f} | {shares_cell([base_dir], task)} | - | 0 |"]
-    for method, row in rows.items():
-        plan = row["runs"][0]["plan"]
-        grid = ", ".join(f"{lr:g}: {acc:.1f}" for lr, acc in sorted(row["grid"].items())) or row["source"]
-        val = f"{row['grid'][row['lr']]:.1f}" if row["grid"] else "-"
-        label = f"{method} (r={plan['rank']}, k={plan['layers_per_booster']}, T={plan['num_boosters']})"
-        params = f"{row['runs'][0]['trainable_per_booster']:,}/booster"
-        shares = shares_cell([run["dir"] for run in row["runs"]], task)
-        lines.append(f"| {label} | **{row['lr']:g}** ({grid}) | {val} | **{spread(row['test'])}** (n={len(row['test'])}) "
-                     f"| {shares} | {spread([r['step_s'] for r in row['runs']], 2)} | {params} |")
-    return "\n".join(lines)
+    return [label, 100 * result["predicted"].get(label, 0.0)]
 
 
 def run_cost(rows: dict[str, dict]) -> dict[str, float]:
     """Each method's mean step time over lora's, from the runs' own medians (empty without lora's runs): a fair
     ratio when the runs met the same load, as ``--jobs`` runs do, side by side from one queue."""
-    means = {method: statistics.mean(run["step_s"] for run in row["runs"]) for method, row in rows.items()}
+    means = {method: statistics.mean(s["step_s"] for s in row["seeds"]) for method, row in rows.items()}
     return {method: mean / means["lora"] for method, mean in means.items()} if "lora" in means else {}
 
 
-def curve_table(rows: dict[str, dict], cost: dict[str, float], source: str = "same run") -> str:
-    steps = [p[0] for p in next(iter(rows.values()))["curves"][0]] if rows else []
-    lines = ["| method | " + " | ".join(f"step {s}" for s in steps) + f" | step time vs lora ({source}) |",
-             "|---|" + "---|" * (len(steps) + 1)]
-    for method, row in rows.items():
-        cells = [spread([c[i][2] for c in row["curves"]]) for i in range(len(steps))]
-        lines.append(f"| {method} | " + " | ".join(cells) + (f" | {cost[method]:.2f}x |" if method in cost else " | - |"))
-    return "\n".join(lines)
+def seed0_losses(rows: dict[str, dict], work: Path, task: str) -> dict[str, list[float]]:
+    """The seed-0 runs' training loss per step, by run name (what the loss plot shows)."""
+    out = {}
+    for row in rows.values():
+        first = row["seeds"][0]["run"]
+        metrics = work / task / first / "metrics.jsonl"
+        if metrics.is_file():
+            out[first] = [json.loads(line)["loss"] for line in metrics.read_text().splitlines() if '"loss"' in line]
+    return out
 
 
-def plot_curves(results: dict[str, dict], costs: dict[str, dict[str, float]], out: Path) -> None:
-    """Test accuracy against steps and against training time in lora steps (steps x the method's same-run step
-    time over lora's), one panel pair per task."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(len(results), 2, figsize=(11, 3.6 * len(results)), squeeze=False)
-    for row_axes, (task, rows) in zip(axes, results.items()):
-        for method, row in rows.items():
-            for column, scale, label in ((0, 1.0, "optimizer step"), (1, costs[task].get(method), "training time in lora steps (step-time ratio)")):
-                if scale is None:
-                    continue
-                xs = [scale * c[0] for c in row["curves"][0]]
-                ys = [statistics.mean(c[i][2] for c in row["curves"]) for i in range(len(row["curves"][0]))]
-                row_axes[column].plot(xs, ys, marker="o", label=method)
-                row_axes[column].set(xlabel=label, ylabel=f"{task} test accuracy (%)")
-        row_axes[0].legend()
-    save_figure(figure, out)
-
-
-def main() -> None:
-    args = parse_args()
-    if args.report_only:
-        require_runs(args.work, args.doc)
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
-    runner = Runner(args.report_only, max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
-    started = time.perf_counter()
-    dtype = chosen_dtype(args.dtype)
-    rates, extra = DEFAULT_RATES if args.rates == "defaults" else GRIDS, None if dtype == "float32" else {"dtype": dtype}
-    benches = {task: TaskBench(args, runner, BUDGETS[task], rates, extra) for task in args.tasks}
-    if not args.report_only:
-        prefetch(list(benches.values()), args.methods, args.seeds, args.jobs)
-    sections, results, unfinished, loss_runs = [], {}, [], []
-    timed = step_cost(args.work) if dtype == "float32" else {}  # bench_tradeoff.py times float32 steps
-    costs: dict[str, dict[str, float]] = {}
+def collect(args: argparse.Namespace, benches: dict[str, "TaskBench"], dtype: str, seconds: float) -> dict:
+    """Every number the tables and plots show, read from the finished runs in ``args.work`` (nothing is run):
+    the results file's content. ``unfinished`` names what was not finished."""
+    unfinished: list[str] = []
+    tasks, losses = {}, {}
+    timed = step_cost(args.work) if dtype == "float32" else {}  # bench_tradeoff times float32 steps
     for task, bench in benches.items():
-        base_dir = args.work / task / "base"
         try:
-            base = bench.base_scores()
+            val, test = bench.base_scores()
         except Missing:
             unfinished.append(f"{task} base")
             continue
         rows = method_rows(bench, args.methods, unfinished)
-        results[task] = rows
-        costs[task] = timed or run_cost(rows)
-        loss_runs += [str(row["runs"][0]["dir"]) for row in rows.values()]
         budget = BUDGETS[task]
-        sections.append(f"{task_table(task, base, base_dir, rows)}\n\nTest accuracy against steps ({CURVE_LIMITS[task]} seeded test "
-                        f"questions per point, mean ± sd over seeds; budget {budget.steps} steps x batch {budget.batch}, "
-                        f"at most {budget.seq} tokens, {2 * budget.train} training / {2 * budget.val} validation records):"
-                        f"\n\n{curve_table(rows, costs[task], 'same run' if timed else 'these runs') if rows else '(no finished run yet)'}")
-    if args.report_only and unfinished:  # a table that shows less than the one in the doc is never written
-        raise SystemExit(f"not finished in {args.work}: {', '.join(unfinished[:4])}{' ...' if len(unfinished) > 4 else ''}"
-                         f" ({len(unfinished)} in all); {args.doc} is left as it is. --report-only rewrites only complete "
-                         "tables: measure them first (the same command without --report-only)")
-    name, start, end = outputs(args.rates)
-    plot, loss_plot = args.doc.parent / f"{name}_curves.png", args.doc.parent / f"{name}_loss.png"
-    if results and any(results.values()):
-        plot_curves({task: rows for task, rows in results.items() if rows}, costs, plot)
-    if loss_runs and not args.report_only:
-        runner.cli("report", *loss_runs, "--out", str(loss_plot))
-    command = "python -m benchmarks quality " + shlex.join(sys.argv[1:])
+        tasks[task] = {"budget": {k: getattr(budget, k) for k in ("steps", "batch", "seq", "train", "val")},
+                       "curve_limit": CURVE_LIMITS[task],
+                       "base": {"val": val, "test": test, "share": answer_share(args.work / task / "base", task)},
+                       "methods": rows, "costs": timed or run_cost(rows), "cost_source": "same run" if timed else "these runs"}
+        losses.update(seed0_losses(rows, args.work, task))
+    name, _, _ = outputs(args.rates)
     work = args.work.relative_to(ROOT) if args.work.is_relative_to(ROOT) else args.work
-    body = (f"Command: `{command.strip()}` ({time.perf_counter() - started:.0f} s for this invocation; finished runs in "
-            f"`{work}` are reused). Runs in {dtype} (the base model is scored as shipped, float32), {args.jobs} side by "
-            f"side. Accuracy in %, label scoring (`xgblora eval`'s default); test accuracy "
-            f"mean ± standard deviation over seeds {' '.join(map(str, args.seeds))}.\n\n"
-            + (f"Not finished when this was written: {', '.join(unfinished)}.\n\n" if unfinished else "")
-            + "\n\n".join(sections)
-            + f"\n\n![test accuracy against steps and seconds]({plot.name})\n\n![training loss, seed 0]({loss_plot.name})")
-    write_doc(args.doc, body, start, end)
-    (args.work / "summary.json").write_text(json.dumps(
-        {task: {m: {k: v for k, v in row.items() if k != "runs"} for m, row in rows.items()} for task, rows in results.items()},
-        indent=2, default=str))
-    print(body)
+    return {"name": name, "command": "python -m benchmarks quality " + shlex.join(sys.argv[1:]), "seconds": seconds,
+            "work": str(work), "dtype": dtype, "jobs": args.jobs, "seeds": args.seeds, "unfinished": unfinished,
+            "tasks": tasks, "losses": losses}
+
+
+def main() -> None:
+    args = parse_args()
+    name, _, _ = outputs(args.rates)
+    results_file = args.results or RESULTS / f"{name.removeprefix('bench_')}.json"
+    if args.report_only:  # the tables from the results file alone
+        if not results_file.is_file():
+            raise SystemExit(f"{results_file}: no results file; {args.doc} is left as it is. Measure first (make bench-quality)")
+        print(quality_report.write(json.loads(results_file.read_text()), args.doc))
+        return
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be >= 1, got {args.jobs}")
+    runner = Runner(args.collect, max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None)
+    started = time.perf_counter()
+    dtype = chosen_dtype(args.dtype)
+    rates, extra = DEFAULT_RATES if args.rates == "defaults" else GRIDS, None if dtype == "float32" else {"dtype": dtype}
+    benches = {task: TaskBench(args, runner, BUDGETS[task], rates, extra) for task in args.tasks}
+    if not args.collect:
+        prefetch(list(benches.values()), args.methods, args.seeds, args.jobs)
+    results = collect(args, benches, dtype, time.perf_counter() - started)
+    if args.collect and results["unfinished"]:  # a table that shows less than the one recorded is never written
+        unfinished = results["unfinished"]
+        raise SystemExit(f"not finished in {args.work}: {', '.join(unfinished[:4])}{' ...' if len(unfinished) > 4 else ''}"
+                         f" ({len(unfinished)} in all); {results_file} is left as it is")
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(results, indent=1) + "\n")
+    print(quality_report.write(results, args.doc))
 
 
 if __name__ == "__main__":

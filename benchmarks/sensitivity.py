@@ -12,9 +12,10 @@ An invocation adds to the table, it does not replace it: each rewrite reads the 
 keeps the rows, seeds and long runs this invocation does not cover. So a benchmark split over processes (by
 ``--seeds``, ``--tasks``, ``--variants``) can share one ``--doc``, each adding its rows.
 
-The table is also its own record: a number it already shows, for a row and seed whose run is not in the work folder
-(a clean clone, where runs/ is empty), is kept with ``--report-only`` instead of becoming "not run yet", so new
-seeds or rows can be added to a table measured elsewhere. ``--fresh`` starts from an empty table instead, keeping
+Every number is kept as data in ``--results`` (``benchmarks/results/sensitivity.json``): a number recorded there,
+for a row and seed whose run is not in the work folder (a clean clone, where runs/ is empty), is kept with
+``--report-only`` instead of becoming "not run yet", so new seeds or rows can be added to a table measured
+elsewhere; the table is rendered from the record alone. ``--fresh`` starts from an empty record instead, keeping
 only what this invocation measures (after a change to the budget or the data, which the labels do not show).
 
     .venv/bin/python -m benchmarks sensitivity [--tasks sst2] [--lr 1e-2] [--seeds 0 1] [--long-steps 400 600]
@@ -25,6 +26,7 @@ only what this invocation measures (after a change to the budget or the data, wh
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import statistics
@@ -38,8 +40,6 @@ from benchmarks.lib import (
     Missing,
     Runner,
     accuracy,
-    block,
-    row_cells,
     spread,
     train_run,
     write_doc,
@@ -78,8 +78,8 @@ VAL_SIZES = {name: 2 * budget.val for name, budget in BUDGETS.items()}
 """Validation records per task: ``val`` per class, and both tasks are binary."""
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks sensitivity", description=__doc__.split("\n")[0])
     p.add_argument("--tasks", nargs="+", default=["sst2"], choices=list(BUDGETS))
     p.add_argument("--lr", type=float, default=1e-2, help="the xgblora rate the variants are taken around")
     p.add_argument("--grid", type=float, nargs="*", default=XGBLORA_GRID, help="rates of the xgblora preset (none: no rows)")
@@ -101,11 +101,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the record every number is kept in (JSON)")
     p.add_argument("--lrs", nargs="*", default=[])
     p.add_argument("--report-only", action="store_true")
     p.add_argument("--fresh", action="store_true",
                    help="with --report-only, leave out the numbers the table already shows whose runs are not here")
-    return p.parse_args()
+    return p.parse_args(argv)
 
 
 def preset_grid(text: str) -> tuple[str, list[float]]:
@@ -133,34 +134,30 @@ def suffix(args: argparse.Namespace) -> str:
     return f" [{keys}]" if keys else ""
 
 
-Shown = tuple[dict[tuple[str, str], dict[int, float]], dict[tuple[str, str], str]]
-"""What a table shows: per (task, row label) the accuracy by seed, and per (task, long run's label) its finished line."""
+Longs = dict[tuple[str, str], "list[tuple[int, float]] | None"]
+"""Per (task, long run's label) its validation accuracy by snapshot step (None: not run yet)."""
+RESULTS = ROOT / "benchmarks" / "results" / "sensitivity.json"
 
 
-def shown(table: str, sizes: dict[str, int]) -> Shown:
-    """Parse a table this script wrote (the text between its markers): the seeds come from its caption's
-    ``seeds 0 1 2.``; a row's ``by seed`` cells are matched to them in order, ``-`` and "not run yet" rows are
-    skipped, and a long run's line (``..., by step``, or one not run yet) is kept whole. ``sizes``: each task's
-    validation records, to undo the cells' rounding to 0.1 (a score is a whole number of records: 84.2 of 400 is
-    337, 84.25%), so that means and shifts come out as they did from the runs."""
-    found = re.search(r"seeds ((?:\d+ ?)+)\.", table)
-    seeds = [int(s) for s in found.group(1).split()] if found else []
-    accs: dict[tuple[str, str], dict[int, float]] = {}
-    long_lines: dict[tuple[str, str], str] = {}
-    for line in table.splitlines():
-        cols = row_cells(line)
-        if len(cols) != 4 or cols[0] in ("task", "---"):
-            continue
-        task, label, _, by_seed = cols
-        if label.endswith(", by step") or (cols[2] == "not run yet" and LONG_LABEL.search(label)):
-            long_lines[(task, label.removesuffix(", by step"))] = line
-            continue
-        if cols[2] == "not run yet":
-            continue
-        n = sizes.get(task)
-        accs[(task, label)] = {seed: float(a) if n is None else 100 * (round(float(a) * n / 100) / n)
-                               for seed, a in zip(seeds, by_seed.split()) if a != "-"}
-    return accs, long_lines
+def load_record(path: Path) -> tuple[Results, Longs, dict]:
+    """The record's rows (per (task, label) the accuracy by seed), long runs, and how it was last written."""
+    if not path.is_file():
+        return {}, {}, {}
+    data = json.loads(path.read_text())
+    rows = {(r["task"], r["label"]): {int(seed): acc for seed, acc in r["seeds"].items()} for r in data["rows"]}
+    longs = {(r["task"], r["label"]): None if r["points"] is None else [tuple(p) for p in r["points"]] for r in data["long"]}
+    return rows, longs, {k: data[k] for k in ("command", "seeds", "kept", "lr") if k in data}
+
+
+def save_record(path: Path, rows: Results, longs: Longs, written: dict) -> None:
+    """The record, rows in the table's order, long runs in theirs."""
+    data = {**written,
+            "rows": [{"task": t, "label": label, "seeds": {str(s): a for s, a in sorted(accs.items()) if a is not None}}
+                     for (t, label), accs in rows.items()],
+            "long": [{"task": t, "label": label, "points": None if points is None else [list(p) for p in points]}
+                     for (t, label), points in longs.items()]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
 
 
 def val(bench: TaskBench, method: str, lr: float, seed: int, extra: dict | None = None) -> float | None:
@@ -222,7 +219,7 @@ def table_lines(args: argparse.Namespace, results: Results) -> list[str]:
     return lines
 
 
-def measure(benches: dict[str, TaskBench], args: argparse.Namespace, longs: dict[tuple[str, str], str]) -> Results:
+def measure(benches: dict[str, TaskBench], args: argparse.Namespace, longs: Longs) -> Results:
     """Every row's validation accuracy, seed-major (every row with the first seed before any with the second), the
     table rewritten after each run (where a number cannot be measured here, ``--report-only`` and the run not in
     the work folder, the table keeps the one it shows). Returns this invocation's rows (None: not measured)."""
@@ -236,22 +233,19 @@ def measure(benches: dict[str, TaskBench], args: argparse.Namespace, longs: dict
 
 
 def long_curve(bench: TaskBench, args: argparse.Namespace, method: str, lr: float, steps: int,
-               results: Results, longs: dict[tuple[str, str], str]) -> None:
-    """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots, its line put in
-    ``longs`` (with ``--report-only`` and no run here, "not run yet", which does not replace a line the table shows)."""
+               results: Results, longs: Longs) -> None:
+    """One ``method`` run of ``steps`` steps at ``lr``, seed 0, validation accuracy at 8 snapshots, put in ``longs``
+    (with ``--report-only`` and no run here, None: "not run yet", which does not replace a recorded run)."""
     budget = replace(bench.budget, steps=steps)
     label = f"{method} lr {lr:g}, {steps} steps{suffix(args)}"
     try:
         run = train_run(bench.runner, bench.work, budget, bench.data["train"], method, lr, 0,
                         {**dict(args.with_keys), "train.max_steps": steps}, snapshots=8)
+        longs[(bench.budget.name, label)] = [
+            (step, accuracy(bench.runner, str(run["dir"]), "choice", bench.data["val"], run["dir"] / f"val_step{step}.json", "--step", str(step)))
+            for step in range(steps // 8, steps + 1, steps // 8)]
     except Missing:
-        longs[(bench.budget.name, label)] = f"| {bench.budget.name} | {label} | not run yet | |"
-        write(args, results, longs)
-        return
-    points = []
-    for step in range(steps // 8, steps + 1, steps // 8):
-        points.append(f"{step}: {accuracy(bench.runner, str(run['dir']), 'choice', bench.data['val'], run['dir'] / f'val_step{step}.json', '--step', str(step)):.1f}")
-    longs[(bench.budget.name, label)] = f"| {bench.budget.name} | {label}, by step | {', '.join(points)} | seed 0 |"
+        longs[(bench.budget.name, label)] = None
     write(args, results, longs)
 
 
@@ -270,46 +264,59 @@ def long_order(key: tuple[str, str]) -> tuple[int, int, int, str]:
     return int(steps.group(1)) if steps else 0, list(BUDGETS).index(task), label.startswith("lora"), label
 
 
-def merged(args: argparse.Namespace, results: Results, longs: dict[tuple[str, str], str]) -> tuple[Results, dict[tuple[str, str], str]]:
-    """This invocation's rows and long runs laid over the table as ``--doc`` holds it now (nothing with
-    ``--fresh``): its numbers win, the table's other rows, seeds and long runs stay; a "not run yet" long run does
-    not hide a finished one."""
-    text = "" if args.fresh or not args.doc.is_file() else args.doc.read_text()
-    accs, lines = shown(block(text, START, END), VAL_SIZES)
-    table: Results = {key: dict(row) for key, row in accs.items()}
+def merged(args: argparse.Namespace, results: Results, longs: Longs) -> tuple[Results, Longs]:
+    """This invocation's rows and long runs laid over the record (nothing with ``--fresh``): its numbers win, the
+    record's other rows, seeds and long runs stay; a long run not run yet does not hide a finished one."""
+    kept_rows, kept_longs, _ = ({}, {}, {}) if args.fresh else load_record(args.results)
+    table: Results = {key: dict(row) for key, row in kept_rows.items()}
     for key, row in results.items():
         shown_row = table.setdefault(key, {})
         shown_row.update({seed: acc for seed, acc in row.items() if acc is not None or seed not in shown_row})
-    lines.update({key: line for key, line in longs.items() if key not in lines or "not run yet" not in line})
+    lines = dict(kept_longs)
+    lines.update({key: points for key, points in longs.items() if key not in lines or points is not None})
     return table, lines
 
 
-def write(args: argparse.Namespace, results: Results, longs: dict[tuple[str, str], str]) -> list[str]:
-    """Rewrite the table in ``--doc``: this invocation's rows and long runs merged with the table there; returns
-    the table's lines."""
+def long_line(task: str, label: str, points: "list[tuple[int, float]] | None") -> str:
+    if points is None:
+        return f"| {task} | {label} | not run yet | |"
+    return f"| {task} | {label}, by step | {', '.join(f'{step}: {acc:.1f}' for step, acc in points)} | seed 0 |"
+
+
+def render(args: argparse.Namespace, table: Results, long_runs_: Longs, written: dict) -> str:
+    """The section: how it was written, then a line per row and per long run (from the record alone)."""
+    lines = table_lines(args, table) + [long_line(*key, long_runs_[key]) for key in sorted(long_runs_, key=long_order)]
+    note = " Rows, seeds and long runs it did not cover are kept from the table as it stood." if written["kept"] else ""
+    head = ["| task | setting | validation accuracy, mean ± sd (vs the preset at the rate, same seeds) | by seed |", "|---|---|---|---|"]
+    return (f"Command: `{written['command']}`; validation accuracy (%), seeds {' '.join(map(str, written['seeds']))}.{note}\n\n"
+            + "\n".join(head + lines))
+
+
+def write(args: argparse.Namespace, results: Results, longs: Longs) -> str:
+    """Merge this invocation's numbers into the record, save it, and render the table into ``--doc``."""
     table, long_lines = merged(args, results, longs)
-    lines = table_lines(args, table) + [long_lines[key] for key in sorted(long_lines, key=long_order)]
     mine = set(results) | set(longs)
     kept = any(key not in mine for key in [*table, *long_lines]) or table_seeds(args, table) != sorted(args.seeds)
-    command = "python -m benchmarks sensitivity " + shlex.join(sys.argv[1:])
-    note = " Rows, seeds and long runs it did not cover are kept from the table as it stood." if kept else ""
-    head = ["| task | setting | validation accuracy, mean ± sd (vs the preset at the rate, same seeds) | by seed |", "|---|---|---|---|"]
-    write_doc(args.doc, f"Command: `{command.strip()}`; validation accuracy (%), seeds {' '.join(map(str, table_seeds(args, table)))}.{note}\n\n"
-              + "\n".join(head + lines), START, END)
-    return lines
+    written = {"command": ("python -m benchmarks sensitivity " + shlex.join(sys.argv[1:])).strip(), "lr": args.lr,
+               "seeds": table_seeds(args, table), "kept": kept}
+    ordered = {key: table[key] for key in row_order(args, table)}
+    save_record(args.results, ordered, {key: long_lines[key] for key in sorted(long_lines, key=long_order)}, written)
+    body = render(args, ordered, long_lines, written)
+    write_doc(args.doc, body, START, END)
+    return body
 
 
 def main() -> None:
     args = parse_args()
     runner = Runner(args.report_only)
     benches = {task: TaskBench(args, runner, BUDGETS[task]) for task in args.tasks}
-    longs: dict[tuple[str, str], str] = {}
+    longs: Longs = {}
     results = measure(benches, args, longs)
     for steps in (n for n in args.long_steps if n):
         for bench in benches.values():
             for method, lr in long_runs(args):
                 long_curve(bench, args, method, lr, steps, results, longs)
-    print("\n".join(write(args, results, longs)))
+    print(write(args, results, longs))
 
 
 if __name__ == "__main__":

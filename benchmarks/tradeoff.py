@@ -13,20 +13,19 @@ worth having (the runs of benchmarks/quality.py and benchmarks/sensitivity.py).
 
 Step times are cached in ``--work``/step_times.json, so a rerun reuses them.
 
-The tables are their own record where the runs are not here (a clean clone, or runs an earlier round did not keep):
-validation accuracy is taken per seed from the sensitivity table (benchmarks/sensitivity.py, which holds every
-seed's number), a run here overriding its seed; a test cell whose runs here cover fewer seeds than the table shows
-keeps the table's cell; and with ``--report-only`` and no step-time cache the step times are read back from the
-table's caption and its step-time ratios kept (the caption's seconds are rounded to 0.01).
+Every number the table shows is kept as data in ``--results`` (``benchmarks/results/tradeoff.json``), so the runs
+need not be here (a clean clone, or runs an earlier round did not keep): validation accuracy is taken per seed
+from the sensitivity record (``benchmarks/results/sensitivity.json``), a run here overriding its seed; a test
+cell whose runs here cover fewer seeds than the record keeps the record's; step times and planned peaks are
+recorded as measured. ``--report-only`` renders the table from the records alone.
 
-    .venv/bin/python -m benchmarks tradeoff [--steps 8] [--rounds 2] [--report-only]
+    python -m benchmarks tradeoff [--steps 8] [--rounds 2] [--report-only]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -38,10 +37,7 @@ from benchmarks.lib import (
     ROOT,
     Missing,
     Runner,
-    block,
     recorded_accuracy,
-    require_runs,
-    row_cells,
     run_name,
     save_figure,
     spread,
@@ -49,9 +45,9 @@ from benchmarks.lib import (
     timed_steps,
     write_doc,
 )
-from benchmarks.sensitivity import END as SENSITIVITY_END
-from benchmarks.sensitivity import START as SENSITIVITY_START
-from benchmarks.sensitivity import VAL_SIZES, VARIANTS, shown
+from benchmarks.sensitivity import RESULTS as SENSITIVITY_RESULTS
+from benchmarks.sensitivity import VARIANTS
+from benchmarks.sensitivity import load_record as load_sensitivity
 
 START, END = "<!-- bench_tradeoff:start -->", "<!-- bench_tradeoff:end -->"
 # name: (preset or "control", learning rate, extra recipe keys, per-step configuration)
@@ -79,7 +75,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    p.add_argument("--report-only", action="store_true")
+    p.add_argument("--results", type=Path, default=RESULTS, help="the record every number is kept in (JSON)")
+    p.add_argument("--report-only", action="store_true", help="the table from the records alone; run nothing")
     return p.parse_args()
 
 
@@ -101,36 +98,26 @@ def sensitivity_label(method: str, lr: float, extra: dict) -> str | None:
     return next((f"{label}, lr {lr:g}" for label, keys in VARIANTS.values() if keys == extra), None)
 
 
-Shown = tuple[dict[tuple[str, str], dict[int, float]], dict[tuple[str, str, str], str], dict[str, list[float]]]
-"""What the doc shows: the sensitivity table's accuracy by seed per (task, row label); the trade-off table's cells
-per (row label, task, kind), its step-time ratio under (row label, "step", "ratio"); its caption's step seconds by
-round per configuration."""
+RESULTS = ROOT / "benchmarks" / "results" / "tradeoff.json"
 
 
-def shown_in(doc: Path) -> Shown:
-    """Parse the sensitivity and trade-off tables of ``doc`` (empty where a table is missing)."""
-    text = doc.read_text() if doc.is_file() else ""
-    per_seed = shown(block(text, SENSITIVITY_START, SENSITIVITY_END), VAL_SIZES)[0]
-    own = block(text, START, END)
-    cells = {}
-    for line in own.splitlines():
-        cols = row_cells(line)
-        if len(cols) == 7 and cols[0] not in ("setting", "---"):
-            cells.update({(cols[0], task, kind): cols[1 + i] for i, (task, kind) in enumerate(COLUMNS)})
-            cells[(cols[0], "step", "ratio")] = cols[6]
-    rounds = re.search(r"step seconds by round: (.*?)\.\n", own)
-    times = {}
-    for item in rounds.group(1).split(", ") if rounds else []:
-        name, _, values = item.rpartition(": ")
-        if name and values.endswith(" s"):
-            times[name] = [float(v) for v in values.removesuffix(" s").split(" / ")]
-    return per_seed, cells, times
+def load_record(path: Path) -> dict:
+    """The record: ``{"command", "times": {config: [seconds by round]}, "settings": {name: {"peak_bytes", "ratio",
+    "test": {task: {"mean", "sd", "n"}}}}}`` (empty before a first run)."""
+    return json.loads(path.read_text()) if path.is_file() else {"times": {}, "settings": {}}
 
 
-def shown_n(cell_text: str) -> int:
-    """How many seeds a table cell averages: ``73.2 ± 9.0 (n=3)`` -> 3, ``-`` -> 0."""
-    found = re.search(r"\(n=(\d+)\)", cell_text)
-    return int(found.group(1)) if found else 0
+def summary(values: list[float]) -> dict:
+    """What a test cell shows, as data: mean, standard deviation (None for one seed) and the number of seeds."""
+    return {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+
+
+def summary_cell(kept: dict | None) -> str:
+    """``88.6 ± 0.1 (n=3)`` of a recorded summary (``-`` without one)."""
+    if not kept:
+        return "-"
+    sd = "" if kept["sd"] is None else f" ± {kept['sd']:.1f}"
+    return f"{kept['mean']:.1f}{sd} (n={kept['n']})"
 
 
 def planned_peak(work: Path, method: str, extra: dict) -> int:
@@ -168,21 +155,11 @@ def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float
     return times
 
 
-def val_by_seed(work: Path, before: Shown, setting: tuple, task: str) -> dict[int, float]:
-    """A setting's validation accuracy by seed: the sensitivity table's, a run here overriding its seed."""
+def val_by_seed(work: Path | None, per_seed: dict, setting: tuple, task: str) -> dict[int, float]:
+    """A setting's validation accuracy by seed: the sensitivity record's, a run here overriding its seed."""
     method, lr, extra, _ = setting
-    return {**before[0].get((task, sensitivity_label(method, lr, extra)), {}), **scores(work, task, method, lr, extra, "val")}
-
-
-def accuracy_cell(work: Path, before: Shown, name: str, setting: tuple, task: str, kind: str) -> str:
-    """One accuracy cell: validation by ``val_by_seed``; test from the runs here unless they cover fewer seeds than
-    the table's cell, which is then kept."""
-    if kind == "val":
-        return cell(list(val_by_seed(work, before, setting, task).values()))
-    method, lr, extra, _ = setting
-    here = scores(work, task, method, lr, extra, kind)
-    kept = before[1].get((f"{name}, lr {lr:g}", task, kind), "-")
-    return kept if len(here) < shown_n(kept) else cell(list(here.values()))
+    here = scores(work, task, method, lr, extra, "val") if work is not None else {}
+    return {**per_seed.get((task, sensitivity_label(method, lr, extra)), {}), **here}
 
 
 def cell(values: list[float]) -> str:
@@ -195,24 +172,45 @@ Point = tuple[str, dict[str, list[float]], float, float | None]
 ratio to lora (None where not measured)."""
 
 
-def table(args: argparse.Namespace, times: dict[str, list[float]], before: Shown,
-          recorded_times: bool = False) -> tuple[str, list[Point]]:
-    """The markdown table and the plot's points (settings with validation accuracy on at least one task);
-    ``recorded_times``: ``times`` were read back from the caption, so the table's ratios are kept."""
+def measured(args: argparse.Namespace, runner: Runner, record: dict) -> dict:
+    """The record with what is here added: test accuracies of the runs here (where they cover at least the seeds
+    the record has), step times (measured, or cached in the work folder), each setting's planned peak."""
+    try:
+        record["times"] = step_times(args, runner)
+    except Missing:
+        pass
+    times = record["times"]
     lora_s = statistics.median(times["lora"]) if times.get("lora") else None
+    for name, setting in SETTINGS.items():
+        method, lr, extra, config = setting
+        kept = record["settings"].setdefault(name, {"test": {}})
+        kept["lr"] = lr
+        kept["peak_bytes"] = planned_peak(args.work, method, extra)
+        if lora_s and times.get(config) and not args.report_only:
+            kept["ratio"] = statistics.median(times[config]) / lora_s
+        for task in TASKS:
+            here = scores(args.work, task, method, lr, extra, "test")
+            if here and len(here) >= (kept["test"].get(task) or {}).get("n", 0):
+                kept["test"][task] = summary(list(here.values()))
+    record["command"] = f"python -m benchmarks tradeoff{' --report-only' if args.report_only else ''}"
+    return record
+
+
+def table(record: dict, per_seed: dict, work: Path | None = None) -> tuple[str, list[Point]]:
+    """The markdown table and the plot's points (settings with validation accuracy on at least one task), from
+    the records (and, where ``work`` is given, the validation scores of the runs there)."""
     lines = ["| setting | SST-2 val. | SST-2 test | RTE val. | RTE test | LLaMA3-8B peak / 24 GiB GPU (planned) "
              "| step time vs lora (measured, SmolLM2) |", "|---|---|---|---|---|---|---|"]
     points = []
     for name, setting in SETTINGS.items():
-        method, lr, extra, config = setting
-        peak = planned_peak(args.work, method, extra) / 2**30
-        ratio = statistics.median(times[config]) / lora_s if lora_s and times.get(config) else None
-        kept = before[1].get((f"{name}, lr {lr:g}", "step", "ratio"), "-")
-        if recorded_times and kept != "-":
-            ratio = float(kept.removesuffix("x"))
-        lines.append(f"| {name}, lr {lr:g} | " + " | ".join(accuracy_cell(args.work, before, name, setting, t, k) for t, k in COLUMNS)
+        kept = record["settings"].get(name, {"test": {}})
+        peak, ratio = kept.get("peak_bytes", 0) / 2**30, kept.get("ratio")
+        val = {task: list(val_by_seed(work, per_seed, setting, task).values()) for task in TASKS}
+        row = []
+        for task, kind in COLUMNS:
+            row.append(cell(val[task]) if kind == "val" else summary_cell(kept["test"].get(task)))
+        lines.append(f"| {name}, lr {setting[1]:g} | " + " | ".join(row)
                      + f" | {peak:.2f} GiB | {'-' if ratio is None else f'{ratio:.2f}x'} |")
-        val = {task: list(val_by_seed(args.work, before, setting, task).values()) for task in TASKS}
         if any(val.values()):
             points.append((name, val, peak, ratio))
     return "\n".join(lines), points
@@ -250,23 +248,29 @@ def plot(points: list[Point], out: Path) -> None:
     save_figure(figure, out)
 
 
-def main() -> None:
-    args = parse_args()
-    if args.report_only:
-        require_runs(args.work, args.doc)
-    runner = Runner(args.report_only)
-    before = shown_in(args.doc)
-    try:
-        times, recorded = step_times(args, runner), False
-    except Missing:
-        times, recorded = before[2], True
-    body, points = table(args, times, before, recorded)
-    png = args.doc.parent / "bench_tradeoff.png"
-    plot(points, png)
-    rounds = ", ".join(f"{name}: {' / '.join(f'{s:.2f}' for s in values)} s" for name, values in times.items())
-    text = (f"Command: `python -m benchmarks tradeoff{' --report-only' if args.report_only else ''}`. Accuracy in % "
+def render(record: dict, per_seed: dict, doc: Path, work: Path | None = None, plots: bool = True) -> str:
+    """The section and (``plots``) its plot beside ``doc``, from the records."""
+    body, points = table(record, per_seed, work)
+    png = doc.parent / "bench_tradeoff.png"
+    if plots:
+        plot(points, png)
+    rounds = ", ".join(f"{name}: {' / '.join(f'{s:.2f}' for s in values)} s" for name, values in record["times"].items())
+    return (f"Command: `{record['command']}`. Accuracy in % "
             f"(mean ± sd over the seeds that have it, label scoring); step seconds by round: {rounds or 'not measured'}."
             f"\n\n{body}\n\n![accuracy against memory and step time]({png.name})")
+
+
+def main() -> None:
+    args = parse_args()
+    record = load_record(args.results)
+    per_seed = load_sensitivity(SENSITIVITY_RESULTS)[0]
+    if not args.report_only:
+        record = measured(args, Runner(False), record)
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(record, indent=1) + "\n")
+    elif not record["settings"]:
+        raise SystemExit(f"{args.results}: no record; {args.doc} is left as it is (measure: python -m benchmarks tradeoff)")
+    text = render(record, per_seed, args.doc, None if args.report_only else args.work)
     write_doc(args.doc, text, START, END)
     print(text)
 

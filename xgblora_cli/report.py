@@ -60,17 +60,24 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
 
 def plot_compare(run_dirs: list[Path], out: Path, smooth: int = 5) -> Path:
     """Several runs' loss curves (moving average over ``smooth`` steps) on one plot."""
+    curves = {}
+    for run_dir in run_dirs:
+        rows, _ = read_metrics(run_dir)
+        curves[Path(run_dir).name] = ([r["step"] for r in rows], [r["loss"] for r in rows])
+    return plot_curves(curves, out, smooth)
+
+
+def plot_curves(curves: dict[str, tuple[list[int], list[float]]], out: Path, smooth: int = 5) -> Path:
+    """``{label: (steps, losses)}`` as moving averages over ``smooth`` steps on one plot (pure: from data alone)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(9, 4))
-    for run_dir in run_dirs:
-        rows, _ = read_metrics(run_dir)
-        losses = [r["loss"] for r in rows]
+    for label, (steps, losses) in curves.items():
         smoothed = [sum(losses[max(0, i - smooth + 1): i + 1]) / len(losses[max(0, i - smooth + 1): i + 1]) for i in range(len(losses))]
-        axis.plot([r["step"] for r in rows], smoothed, lw=1.2, label=Path(run_dir).name)
+        axis.plot(steps, smoothed, lw=1.2, label=label)
     axis.set(xlabel="optimizer step", ylabel=f"loss (mean of {smooth} steps)", title="training loss by run")
     axis.legend()
     atomic_write_bytes(out, _png(figure))

@@ -3,8 +3,6 @@ bench_quality, and the speed-up it reports."""
 
 from __future__ import annotations
 
-import argparse
-
 import benchmarks.dtype as bench_dtype
 
 
@@ -15,11 +13,10 @@ def test_float32_runs_are_bench_qualitys_own_and_bf16_runs_are_named_apart() -> 
 
 
 def test_table_reports_float32_over_bfloat16_medians_per_method() -> None:
-    args = argparse.Namespace(methods=["xgblora", "lora"])
     times = {"xgblora float32": [10.0, 12.0], "xgblora bfloat16": [5.0, 6.0], "lora float32": [9.0],
              "xgblora float32 eval": [30.0, 30.0], "xgblora bfloat16 eval": [10.0, 20.0]}
     accs = {"xgblora float32": [75.0, 79.25], "xgblora bfloat16": [77.0, None]}
-    body, speedups = bench_dtype.table(args, times, accs)
+    body, speedups = bench_dtype.table(["xgblora", "lora"], times, accs)
     assert speedups == {"xgblora": 2.0}  # lora has no bf16 time yet: no ratio
     rows = body.splitlines()[2:]
     assert rows[1] == "| xgblora (0.01) | bfloat16 | 5.00 / 6.00 | 2.00x | 10.00 / 20.00 | 2.00x | 77.0 | 77.0 - |"

@@ -59,8 +59,8 @@ def test_a_missing_glue_folder_is_one_line_naming_glue(tmp_path: Path) -> None:
         benchlib.cut_glue(tmp_path / "nowhere", budget)
 
 
-def test_report_only_never_writes_an_unfinished_table(tmp_path: Path, monkeypatch) -> None:
-    """--report-only on runs that do not cover the table (a clean clone with the record) leaves the doc alone."""
+def test_collect_never_writes_an_unfinished_record(tmp_path: Path, monkeypatch) -> None:
+    """--collect from runs that do not cover the tables (a partial work folder) leaves the record and the doc alone."""
     import benchmarks.quality as bench_quality
     monkeypatch.setitem(bench_quality.BUDGETS, "rte", benchlib.TaskBudget("rte", train=20, val=5, steps=10, batch=2, seq=64))
     glue, work, doc = _fake_rte(tmp_path / "glue"), tmp_path / "work", tmp_path / "benchmarks.md"
@@ -68,11 +68,26 @@ def test_report_only_never_writes_an_unfinished_table(tmp_path: Path, monkeypatc
     finished = work / "rte" / "lora_lr0.001_s0"
     finished.mkdir(parents=True)
     (finished / "bench_wall_s.txt").write_text("1")
-    monkeypatch.setattr("sys.argv", ["bench_quality.py", "--report-only", "--tasks", "rte", "--glue", str(glue),
-                                     "--work", str(work), "--doc", str(doc)])
+    results = tmp_path / "quality.json"
+    monkeypatch.setattr("sys.argv", ["quality", "--collect", "--tasks", "rte", "--glue", str(glue),
+                                     "--work", str(work), "--doc", str(doc), "--results", str(results)])
     with pytest.raises(SystemExit, match=r"not finished in .*: rte base .* is left as it is"):
         bench_quality.main()
-    assert "the measured tables" in doc.read_text()
+    assert "the measured tables" in doc.read_text() and not results.exists()
+
+
+def test_the_tables_render_from_the_results_file_alone(tmp_path: Path) -> None:
+    """The shipped results file renders exactly the section docs/benchmarks.md holds (no run folder needed)."""
+    import json
+
+    from benchmarks import quality_report
+
+    results = json.loads((ROOT / "benchmarks" / "results" / "quality.json").read_text())
+    shipped = (ROOT / "docs" / "benchmarks.md").read_text()
+    section = shipped.split("<!-- bench_quality:start -->\n")[1].split("\n<!-- bench_quality:end -->")[0]
+    assert quality_report.render(results) == section
+    lora = results["tasks"]["sst2"]["methods"]["lora"]
+    assert [s["seed"] for s in lora["seeds"]] == [0, 1, 2] and all(50 < s["test"] <= 100 for s in lora["seeds"])
 
 
 class _FakeBench:
@@ -153,7 +168,7 @@ def test_side_by_side_jobs_run_at_once_and_a_failure_is_raised() -> None:
 
 def test_run_cost_is_each_methods_mean_step_time_over_loras_and_auto_dtype_follows_the_cpu(monkeypatch) -> None:
     import benchmarks.quality as bench_quality
-    rows = {"lora": {"runs": [{"step_s": 2.0}, {"step_s": 4.0}]}, "xgblora": {"runs": [{"step_s": 1.5}, {"step_s": 2.1}]}}
+    rows = {"lora": {"seeds": [{"step_s": 2.0}, {"step_s": 4.0}]}, "xgblora": {"seeds": [{"step_s": 1.5}, {"step_s": 2.1}]}}
     assert bench_quality.run_cost(rows) == pytest.approx({"lora": 1.0, "xgblora": 0.6})
     assert bench_quality.run_cost({"xgblora": rows["xgblora"]}) == {}
     monkeypatch.setattr(benchlib, "cpu_bf16_flags", lambda: ["amx_bf16"])

@@ -1,35 +1,19 @@
-"""The trade-off table (benchmarks/tradeoff.py) is its own record where the runs are not here: validation per
-seed from the sensitivity table, test cells and step-time ratios kept, and runs here winning where they cover as
-much."""
+"""The trade-off table (benchmarks/tradeoff.py) renders from its record (JSON) where the runs are not here:
+validation per seed from the sensitivity record, test summaries and step-time ratios as recorded, and runs here
+winning where they cover as many seeds."""
 
 from __future__ import annotations
 
+import argparse
 import json
 
-import benchmarks.sensitivity as bench_sensitivity
 import benchmarks.tradeoff as bench_tradeoff
 
-SENSITIVITY = """Command: `x`; validation accuracy (%), seeds 0 1 2.
-
-| task | setting | validation accuracy, mean ± sd (vs the preset at the rate, same seeds) | by seed |
-|---|---|---|---|
-| sst2 | xgblora lr 0.01 | 73.5 ± 6.5 | 74.8 79.2 66.5 |
-| rte | k = 8, lr 0.01 | 50.0 ± 0.5 (-2.0) | 50.3 49.7 - |
-"""
-TRADEOFF = """Command: `python -m benchmarks tradeoff --report-only`. Accuracy in % (mean ± sd over the seeds that have it, label scoring); step seconds by round: lora: 6.34 / 5.66 s, xgblora k=4: 5.13 / 4.17 s.
-
-| setting | SST-2 val. | SST-2 test | RTE val. | RTE test | LLaMA3-8B peak / 24 GiB GPU (planned) | step time vs lora (measured, SmolLM2) |
-|---|---|---|---|---|---|---|
-| xgblora preset (r=1, k=4, kappa=10), lr 0.01 | 73.6 ± 6.5 (n=3) | 73.2 ± 9.0 (n=3) | 51.7 ± 0.7 (n=3) | 52.2 ± 5.8 (n=3) | 21.67 GiB | 0.77x |
-"""
 PRESET = "xgblora preset (r=1, k=4, kappa=10)"
-
-
-def write_doc(tmp_path):
-    doc = tmp_path / "benchmarks.md"
-    doc.write_text(f"# B\n\n{bench_sensitivity.START}\n{SENSITIVITY}{bench_sensitivity.END}\n\n"
-                   f"{bench_tradeoff.START}\n{TRADEOFF}{bench_tradeoff.END}\n")
-    return doc
+PER_SEED = {("sst2", "xgblora lr 0.01"): {0: 74.75, 1: 79.25, 2: 66.5}, ("rte", "k = 8, lr 0.01"): {0: 50.33, 1: 49.67}}
+RECORD = {"command": "python -m benchmarks tradeoff --report-only", "times": {"lora": [6.34, 5.66], "xgblora k=4": [5.13, 4.17]},
+          "settings": {PRESET: {"lr": 0.01, "peak_bytes": 21.67 * 2**30, "ratio": 0.77,
+                                "test": {"sst2": {"mean": 73.2, "sd": 9.0, "n": 3}, "rte": {"mean": 52.2, "sd": 5.8, "n": 3}}}}}
 
 
 def finished_run(work, task: str, name: str, kind: str, accuracy: float) -> None:
@@ -38,13 +22,12 @@ def finished_run(work, task: str, name: str, kind: str, accuracy: float) -> None
     (folder / f"{kind}_acc.json").write_text(json.dumps({"tasks": {"sst2": {"accuracy": accuracy / 100}}}))
 
 
-def test_the_doc_is_read_back_seeds_cells_ratios_and_step_times(tmp_path) -> None:
-    per_seed, cells, times = bench_tradeoff.shown_in(write_doc(tmp_path))
-    assert per_seed[("sst2", "xgblora lr 0.01")] == {0: 74.75, 1: 79.25, 2: 66.5}
-    assert cells[(f"{PRESET}, lr 0.01", "sst2", "test")] == "73.2 ± 9.0 (n=3)"
-    assert cells[(f"{PRESET}, lr 0.01", "step", "ratio")] == "0.77x"
-    assert times == {"lora": [6.34, 5.66], "xgblora k=4": [5.13, 4.17]}
-    assert bench_tradeoff.shown_in(tmp_path / "missing.md") == ({}, {}, {})
+def test_the_table_renders_from_the_records_alone(tmp_path) -> None:
+    body = bench_tradeoff.render(RECORD, PER_SEED, tmp_path / "benchmarks.md")
+    assert "step seconds by round: lora: 6.34 / 5.66 s, xgblora k=4: 5.13 / 4.17 s." in body
+    row = next(line for line in body.splitlines() if line.startswith(f"| {PRESET}"))
+    assert row == f"| {PRESET}, lr 0.01 | 73.5 ± 6.5 (n=3) | 73.2 ± 9.0 (n=3) | - | 52.2 ± 5.8 (n=3) | 21.67 GiB | 0.77x |"
+    assert "| xgblora, k=8, lr 0.01 | - | - | 50.0 ± 0.5 (n=2) | - | 0.00 GiB | - |" in body  # nothing recorded but its validation
 
 
 def test_a_setting_finds_its_sensitivity_row() -> None:
@@ -54,21 +37,22 @@ def test_a_setting_finds_its_sensitivity_row() -> None:
     assert bench_tradeoff.sensitivity_label("xgblora", 1e-2, {"rank": 7}) is None
 
 
-def test_cells_keep_what_the_runs_here_cannot_replace(tmp_path) -> None:
-    before = bench_tradeoff.shown_in(write_doc(tmp_path))
+def test_runs_here_win_where_they_cover_as_many_seeds(tmp_path, monkeypatch) -> None:
     work = tmp_path / "work"
-    setting = bench_tradeoff.SETTINGS[PRESET]
-    assert bench_tradeoff.accuracy_cell(work, before, PRESET, setting, "sst2", "val") == "73.5 ± 6.5 (n=3)"
-    assert bench_tradeoff.accuracy_cell(work, before, PRESET, setting, "sst2", "test") == "73.2 ± 9.0 (n=3)"
-    finished_run(work, "sst2", "xgblora_lr0.01_s1", "test", 80.0)  # 1 seed here, 3 in the table: kept
+    monkeypatch.setattr(bench_tradeoff, "planned_peak", lambda work, method, extra: 21.67 * 2**30)
+    args = argparse.Namespace(work=work, report_only=True, steps=8, rounds=2)
+    record = json.loads(json.dumps(RECORD))
+    finished_run(work, "sst2", "xgblora_lr0.01_s1", "test", 80.0)  # 1 seed here, 3 recorded: the record's stays
     finished_run(work, "sst2", "xgblora_lr0.01_s1", "val", 90.0)  # seed 1 measured here: replaces 79.25
-    assert bench_tradeoff.accuracy_cell(work, before, PRESET, setting, "sst2", "test") == "73.2 ± 9.0 (n=3)"
-    assert bench_tradeoff.accuracy_cell(work, before, PRESET, setting, "sst2", "val").startswith(f"{(74.75 + 90 + 66.5) / 3:.1f} ±")
+    record = bench_tradeoff.measured(args, bench_tradeoff.Runner(report_only=True), record)
+    assert record["settings"][PRESET]["test"]["sst2"] == {"mean": 73.2, "sd": 9.0, "n": 3}
+    body = bench_tradeoff.table(record, PER_SEED, work)[0]
+    assert f"| {PRESET}, lr 0.01 | {(74.75 + 90 + 66.5) / 3:.1f} ±" in body
     for seed, acc in ((0, 70.0), (2, 90.0)):  # 3 seeds here: the runs win
         finished_run(work, "sst2", f"xgblora_lr0.01_s{seed}", "test", acc)
-    assert bench_tradeoff.accuracy_cell(work, before, PRESET, setting, "sst2", "test") == "80.0 ± 10.0 (n=3)"
-    k8 = bench_tradeoff.SETTINGS["xgblora, k=8"]
-    assert bench_tradeoff.accuracy_cell(work, before, "xgblora, k=8", k8, "rte", "val") == "50.0 ± 0.5 (n=2)"
+    record = bench_tradeoff.measured(args, bench_tradeoff.Runner(report_only=True), record)
+    assert record["settings"][PRESET]["test"]["sst2"] == {"mean": 80.0, "sd": 10.0, "n": 3}
+    assert record["times"] == RECORD["times"]  # no step-time cache here: the recorded times stay
 
 
 def test_plot_has_a_row_per_task_and_skips_what_a_setting_lacks(monkeypatch, tmp_path):
