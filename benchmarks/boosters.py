@@ -19,6 +19,7 @@ answer shares, median step time) in ``--results`` (JSON, committed); ``--report-
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import statistics
 import threading
@@ -37,6 +38,7 @@ from benchmarks.lib import (
     write_doc,
     write_records,
 )
+from xgblora_cli.common.fsutil import atomic_write_text
 from xgblora_cli.evaluation.tasks.glue import GLUE
 from xgblora_cli.recipe import PRESETS
 
@@ -134,13 +136,16 @@ def key(record: dict) -> tuple:
 
 
 def save_results(path: Path, records: list[dict]) -> None:
-    """Merge ``records`` into the file (a record replaces the one with the same task, steps, variant and seed)."""
-    kept = {key(r): r for r in load_results(path)}
-    kept.update({key(r): r for r in records})
-    ordered = sorted(kept.values(), key=lambda r: (r["task"], r["steps"], list(VARIANTS).index(r["variant"])
-                                                    if r["variant"] in VARIANTS else 99, r["variant"], r["seed"]))
+    """Merge ``records`` into the file (a record replaces the one with the same task, steps, variant and seed),
+    under a lock on the file, so that invocations side by side never lose each other's records."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"runs": ordered}, indent=1) + "\n")
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        kept = {key(r): r for r in load_results(path)}
+        kept.update({key(r): r for r in records})
+        ordered = sorted(kept.values(), key=lambda r: (r["task"], r["steps"], list(VARIANTS).index(r["variant"])
+                                                        if r["variant"] in VARIANTS else 99, r["variant"], r["seed"]))
+        atomic_write_text(path, json.dumps({"runs": ordered}, indent=1) + "\n")
 
 
 def spread(values: list[float]) -> str:
