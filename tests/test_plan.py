@@ -22,7 +22,7 @@ GIB = 2**30
 def test_estimate_is_within_15_percent_of_measured_peak(size: str) -> None:
     """Peak = the training process's ru_maxrss minus its RSS right after the imports (see benchmarks/plan_check.py):
     tiny random LLaMAs (one with a rank-8 booster over all blocks) and the real SmolLM2, batches filled to max_seq_len."""
-    done = subprocess.run([sys.executable, "benchmarks/plan_check.py", "--only", size], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    done = subprocess.run([sys.executable, "-m", "benchmarks", "plan_check", "--only", size], capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     line = next(line for line in done.stdout.splitlines() if line.startswith(f"{size}:"))
     ratio = float(line.split("ratio ")[1].split()[0])
@@ -119,3 +119,15 @@ def test_a_sharded_4bit_base_plans_its_codes_per_gpu_and_puts_70b_on_4_x_24_gib(
     expected = block / 4 + s["root_params"] * 2 + 2 * block / s["layers"] * 3 / 4 + s["hidden"] * s["intermediate"] * 2
     assert nf4["components"]["weights"] == pytest.approx(expected, rel=1e-6)
     assert nf4["fits"] and not bf16["fits"] and nf4["peak_bytes"] < 24 * 2**30 < bf16["peak_bytes"]
+
+
+def test_a_booster_started_from_the_gradient_is_planned_with_its_probe() -> None:
+    """The probe (booster_init: gradient, block_schedule: gradient) runs between steps: what it holds beyond a
+    step's activations and adapters is the plan's `probe`; a deep probe (many micro-batches) shows there."""
+    recipe = ROOT / "recipes" / "mmlu_llama3.yaml"
+    plain = plan_json(recipe)
+    assert plain["components"]["probe"] == 0
+    shallow = plan_json(recipe, "booster_init=gradient")
+    deep = plan_json(recipe, "booster_init=gradient", "init_batches=4", "block_schedule=gradient")
+    assert shallow["components"]["probe"] == 0  # one micro-batch's flows of 4 blocks: less than the adapters' activations
+    assert deep["components"]["probe"] > GIB and deep["peak_bytes"] == plain["peak_bytes"] + deep["components"]["probe"]

@@ -20,6 +20,12 @@ and nothing else. The estimate is for one training process (one data-parallel ra
   (half a chunk more for a 16-bit head's matmul output), and the saved
   gradient for the hidden states. Full logits are never formed (loss.py).
 - **transient**: the largest short-lived tensors of one block's backward (its MLP's gradients).
+- **probe** (``booster_init: gradient``, ``block_schedule: gradient*``): what a booster's start needs beyond a
+  training step. Its forward and backward keep the activations of every block from the lowest probed one up
+  (block 0, the worst case) without any adapter, plus the flows of the adapted weights (their inputs, shared by
+  the layers reading one tensor, and output gradients, in the model's dtype, over ``init_batches`` micro-batches)
+  or, to rank blocks, an ``n x n`` fp32 Gram matrix per block input; it runs between steps, so only what it needs
+  above the step's activations and adapters is added.
 - **runtime**: the framework itself (CUDA context and kernels on a GPU; on a CPU it is not counted, see the
   test that checks the estimate).
 
@@ -122,6 +128,21 @@ def sharded_weight_bytes(s: Shape, b: int, world: int, quantization: str = "none
     return int(block_bytes / world + s.root_params * b + 2 * block_bytes / s.layers * (world - 1) / world + dequantized)
 
 
+def probe_bytes(plan: BoosterPlan, s: Shape, b: int, tokens: int, checkpointing: bool) -> int:
+    """Bytes a booster's start holds at its peak besides what a step also holds (weights, loss, transient): the
+    probe's activations (no adapter, from block 0 up) and its flows or Gram matrices (0 without a probe)."""
+    if not plan.probes:
+        return 0
+    per_token = s.layers * s.hidden * b + frozen_block_bytes(s, b) if checkpointing else s.layers * frozen_block_bytes(s, b)
+    held = tokens * per_token
+    if plan.booster_init == "gradient":  # X (q/k/v, o, gate/up, down inputs) and Gy of k blocks, init_batches deep
+        per_block = (3 * s.hidden + s.intermediate) + (3 * s.hidden + 2 * s.kv_width + 2 * s.intermediate)
+        held += plan.init_batches * plan.layers_per_booster * tokens * per_block * b
+    if plan.probes_blocks:  # an n x n fp32 Gram per block input (4 a block), all blocks at once
+        held += 4 * s.layers * tokens * tokens * 4
+    return int(held)
+
+
 def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device: str, world: int = 1) -> dict:
     """Peak bytes by component, their sum and the inputs used, as a JSON-ready dict (for one of ``world`` ranks)."""
     b = DTYPE_BYTES[recipe.dtype]
@@ -133,15 +154,17 @@ def estimate(recipe: Recipe, plan: BoosterPlan, s: Shape, trainable: int, device
     else:
         saved = s.layers * frozen_block_bytes(s, b) + k * adapter_extra_bytes(s, b, plan.rank)
     record = record_bytes(plan, trainable)
+    activations = int(tokens * saved)
     on_device = recipe.quantization != "none" or not device.startswith("cuda")  # else it stays in host memory
     components = {
         "weights": sharded_weight_bytes(s, b, world, recipe.quantization) if args.sharding == "fsdp" and world > 1 else weight_bytes(s, b, recipe.quantization),
         "adapters": trainable * 16,
         "record": record if on_device else 0,
-        "activations": int(tokens * saved),
+        "activations": activations,
         "loss": int((1 + (b < 4) / 2) * min(tokens, CHUNK) * s.vocab * 4 + tokens * s.hidden * (4 + b)),
         "transient": int(tokens * (4 * s.intermediate + 4 * s.hidden) * max(b, 4)),
         "runtime": CUDA_RUNTIME if device.startswith("cuda") else 0,
+        "probe": max(0, probe_bytes(plan, s, b, tokens, args.gradient_checkpointing) - activations - trainable * 16),
     }
     return {
         "peak_bytes": sum(components.values()),

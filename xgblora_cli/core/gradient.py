@@ -22,8 +22,10 @@ from xgblora_cli.common.runtime import SINGLE, Ranks
 
 @dataclass
 class LayerFlow:
-    """What passed through one linear layer: inputs ``X`` (n, d_in) and output gradients ``Gy`` (n, d_out), fp32,
-    concatenated over micro-batches (each ``Gy`` already scaled as its micro-batch's share of the loss)."""
+    """What passed through one linear layer: inputs ``X`` (n, d_in) and output gradients ``Gy`` (n, d_out) in the
+    model's dtype, concatenated over micro-batches (each ``Gy`` already scaled as its micro-batch's share of the
+    loss). ``X`` is a view of the layer's input, so layers reading one tensor (q, k and v; gate and up) share its
+    memory; products are taken in fp32."""
 
     shape: tuple[int, int]  # (d_out, d_in) of the layer's weight
     inputs: list[torch.Tensor] = field(default_factory=list)
@@ -36,11 +38,13 @@ class LayerFlow:
 
     @property
     def x(self) -> torch.Tensor:
-        return torch.cat(self.inputs) if len(self.inputs) > 1 else self.inputs[0]
+        """X in fp32, (n, d_in)."""
+        return (torch.cat(self.inputs) if len(self.inputs) > 1 else self.inputs[0]).float()
 
     @property
     def gy(self) -> torch.Tensor:
-        return torch.cat(self.grads) if len(self.grads) > 1 else self.grads[0]
+        """Gy in fp32, (n, d_out)."""
+        return (torch.cat(self.grads) if len(self.grads) > 1 else self.grads[0]).float()
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         """``dL/dW @ v``: v (d_in, m) -> (d_out, m) (zeros for a flow that carried no gradient)."""
@@ -60,7 +64,8 @@ class LayerFlow:
 
 
 def _flatten(t: torch.Tensor) -> torch.Tensor:
-    return t.detach().reshape(-1, t.shape[-1]).to(torch.float32)
+    """(..., d) -> (n, d), detached, in its own dtype (a view where the layout allows: no copy)."""
+    return t.detach().reshape(-1, t.shape[-1])
 
 
 def lift_input(leaf: nn.Module, leaves: list[torch.Tensor]) -> torch.utils.hooks.RemovableHandle:
@@ -146,6 +151,11 @@ def frobenius_sq(flow: LayerFlow) -> float:
     return float(flow.matrix().square().sum())
 
 
+def _gram(g: torch.Tensor) -> torch.Tensor:
+    gy = _flatten(g).float()
+    return gy @ gy.t()
+
+
 def block_scores(
     layers: dict[str, tuple[int, nn.Module]],
     leaf: nn.Module,
@@ -157,24 +167,30 @@ def block_scores(
     summed over ``batches`` (each micro-batch's own gradient's norm) and over data-parallel ranks (the same on
     every rank).
 
-    Computed as the flows pass, one micro-batch at a time, and dropped: with ``n`` positions a layer costs an
-    ``n x n`` Gram matrix of its inputs (made in forward, freed in backward), or its ``d_out x d_in`` gradient for
-    the moment it is summed when that is smaller, never every layer's flow at once.
+    Computed as the flows pass, one micro-batch at a time, and dropped: with ``n`` positions an input tensor costs
+    an ``n x n`` fp32 Gram matrix (made in forward, shared by the layers that read it, freed after the backward), or
+    a layer its ``d_out x d_in`` gradient for the moment it is summed when that is smaller; never every layer's
+    flow at once.
     """
     scores = {block: 0.0 for block, _ in layers.values()}
     for batch in batches:
         leaves: list[torch.Tensor] = []
         handles = [lift_input(leaf, leaves)]
 
+        grams: dict[tuple, torch.Tensor] = {}  # one Gram per input tensor: q, k and v (gate and up) read the same
+
         def keep(module, args, output, name: str):
             if not output.requires_grad:
                 return
             x = _flatten(args[0])
             if x.shape[0] ** 2 <= x.shape[1] * output.shape[-1]:  # the smaller of an n x n Gram and d_out x d_in
-                gram = x @ x.t()
-                output.register_hook(lambda g, gram=gram, name=name: add(name, (gram * (_flatten(g) @ _flatten(g).t())).sum()))
+                key = (args[0].data_ptr(), tuple(args[0].shape))
+                if key not in grams:
+                    grams[key] = x.float() @ x.float().t()
+                gram = grams[key]
+                output.register_hook(lambda g, gram=gram, name=name: add(name, (gram * _gram(g)).sum()))
             else:
-                output.register_hook(lambda g, x=x, name=name: add(name, (_flatten(g).t() @ x).square().sum()))
+                output.register_hook(lambda g, x=x, name=name: add(name, (_flatten(g).float().t() @ x.float()).square().sum()))
 
         def add(name: str, value: torch.Tensor) -> None:
             scores[layers[name][0]] += float(value)
@@ -188,6 +204,7 @@ def block_scores(
         finally:
             for handle in handles:
                 handle.remove()
+            grams.clear()
     blocks = sorted(scores)
     total = ranks.sum_(torch.tensor([scores[b] for b in blocks], dtype=torch.float64))
     return {block: float(value) for block, value in zip(blocks, total.tolist())}
