@@ -67,3 +67,25 @@ def test_short_run_on_smollm2_then_merge_matches(tmp_path: Path, smol_dir: Path)
         adapter_logits = adapted(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert (adapter_logits - merged_logits).abs().max() <= 1e-4
     assert ROOT.exists()
+
+
+def test_the_quickstart_run_answers_reviews_in_its_training_format(tmp_path: Path, smol_dir: Path) -> None:
+    """The quickstart's run (recipes/quickstart.yaml as shipped), asked about a clearly positive and a clearly
+    negative review in the format it trained on, answers with the right label; the base model, asked alike,
+    does not answer in that format. Through `xgblora chat` with piped input, greedy."""
+    import subprocess
+    import sys
+
+    trained = run_cli("train", "recipes/quickstart.yaml", f"output_dir={tmp_path / 'quickstart'}", "--no-progress")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    ask = "Please choose the sentiment of this movie review: {}\\n\\nAnswer format: negative/positive"  # \\n: a line break
+    reviews = ["a gorgeous, moving film, with wonderful performances and a beautiful score .",
+               "a dull , lifeless mess ; the worst film i have seen in years ."]
+    stdin = "".join(ask.format(review) + "\n" for review in reviews)
+    done = subprocess.run([sys.executable, "-m", "xgblora_cli", "chat", str(tmp_path / "quickstart"), "--compare", "base",
+                           "--max-new-tokens", "12"], input=stdin, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    answers = [line for line in done.stdout.splitlines() if line.startswith("run: ")]
+    assert answers == ["run: the correct answer is positive", "run: the correct answer is negative"], done.stdout
+    base = [line for line in done.stdout.splitlines() if line.startswith("base: ")]
+    assert len(base) == 2 and not any(line.startswith("base: the correct answer is") for line in base), done.stdout

@@ -4,7 +4,8 @@ On a terminal: a ``you>`` prompt with line editing (readline), answers streamed,
 ``/exit``; Ctrl-C stops the answer being generated and keeps the session, Ctrl-D leaves. With ``--compare base``
 the base model answers each turn too: side by side on a wide terminal, one after the other on a narrow one.
 Off a terminal (piped standard input) each line is a user turn (``/`` commands honoured) and answers go to
-standard output, one block per turn, so a session can be scripted. History that no longer fits the target's
+standard output, one line per turn, so a session can be scripted. A literal ``\\n`` in a line is a line break in
+the turn (``...review.\\n\\nAnswer format: negative/positive``). History that no longer fits the target's
 length (its ``train.max_seq_len``, less room for the answer) loses its oldest exchange first.
 """
 
@@ -146,7 +147,7 @@ def turn_piped(session: Session, text: str, out: TextIO) -> None:
         pieces: list[str] = []
         with ctrl_c_stops(session.stop):
             session.answer(speaker, text, pieces.append)
-        answer = "".join(pieces).strip()
+        answer = "".join(pieces).strip().replace("\n", "\\n")  # one line per answer: its line breaks as \\n
         out.write(f"{speaker.label}: {answer}\n" if len(session.speakers) > 1 else f"{answer}\n")
         out.flush()
 
@@ -171,7 +172,8 @@ def run(session: Session, interactive: bool, stdin: TextIO = sys.stdin, stdout: 
 
 
 def step(session: Session, line: str, interactive: bool, console: Console | None, stdout: TextIO) -> bool:
-    """One line of input: a command or a user turn; False when the session should end."""
+    """One line of input: a command or a user turn (``\\n`` in it: a line break); False when the session should end."""
+    line = line.replace("\\n", "\n")
     if not line.strip():
         return True
     if line.lstrip().startswith("/"):
