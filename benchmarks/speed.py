@@ -8,9 +8,13 @@ every step, so the median covers the spread of backward depths; since a few draw
 than a long run's average, it also prints each timed step's lowest adapted block and the step time a line fit
 gives at the long-run mean depth. PEFT (benchmark-only dependency) uses its standard HF loss.
 
-    .venv/bin/python -m benchmarks speed [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 5] [--rounds 2] [--k 4]
+    python -m benchmarks speed [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 5] [--rounds 2] [--k 4]
+        [--booster-init gradient] [--block-schedule gradient] [--init-batches 1] [--kappa 10]
 
-Ends with ``step_time_ratio_vs_peft=X peak_mem_ratio_vs_peft=Y`` (xgblora over PEFT LoRA r=8 on all blocks).
+With a booster started from the gradient, each xgblora step carries its booster's probe over kappa (the ``probe``
+phase). Ends with ``step_time_ratio_vs_lora=X step_time_ratio_vs_lora_range=LO-HI`` (xgblora over our lora
+preset: the median and range of one ratio per interleaved round) and ``step_time_ratio_vs_peft=X
+peak_mem_ratio_vs_peft=Y`` (xgblora over PEFT LoRA r=8 on all blocks).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def batch(vocab: int, size: int, seq: int):
     return Batch(ids, torch.ones_like(ids), ids.clone())
 
 
-PHASES = ("forward+loss", "backward", "optimizer")
+PHASES = ("forward+loss", "backward", "optimizer", "probe")
 
 
 def timed_step(forward, optimizer) -> dict[str, float]:
@@ -56,27 +60,40 @@ def timed_step(forward, optimizer) -> dict[str, float]:
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     t3 = time.perf_counter()
-    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2)))
+    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, 0.0)))
 
 
 def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[str, float]], list[int]]:
     """xgblora or the lora preset, through the product's own engine and loss; also each step's lowest adapted
-    block (backward runs from the head down to it, so it sets most of the spread between xgblora's steps)."""
+    block (backward runs from the head down to it, so it sets most of the spread between xgblora's steps). With
+    ``--booster-init gradient`` or ``--block-schedule gradient*`` each xgblora step also pays its booster's probe
+    divided by ``--kappa`` (a booster probes once, at its start): the ``probe`` phase."""
+    from types import SimpleNamespace
+
     from xgblora_cli.core.boosting import BoostingEngine
     from xgblora_cli.core.loss import causal_lm_loss
+    from xgblora_cli.core.probe import BoosterProbe
     from xgblora_cli.core.train import make_optimizer
     from xgblora_cli.models.loading import find_blocks
     from xgblora_cli.recipe import BoosterPlan, TrainArgs
 
     layers = len(find_blocks(model))
     rank, k = (1, args.k) if method == "xgblora" else (8, layers)
-    plan = BoosterPlan(rank, 2.0 * rank, k, 1, args.steps, layers)
+    probing = method == "xgblora"
+    plan = BoosterPlan(rank, 2.0 * rank, k, args.kappa, args.steps, layers,
+                       args.block_schedule if probing else "random", args.booster_init if probing else "random", args.init_batches)
     engine = BoostingEngine(model, plan, TARGETS, args.seed, args.checkpointing)
+    setup = SimpleNamespace(model=model, device=torch.device("cpu"), stream=SimpleNamespace(batch=lambda m, part=None: data),
+                            recipe=SimpleNamespace(train=SimpleNamespace(batch_size=args.batch, grad_accum=1)))
+    probe = BoosterProbe(engine, setup)
     times, lowest = [], []
     for step in range(args.steps):
-        booster = engine.start(step)
+        started = time.perf_counter()
+        blocks, init = probe.start(step, 0) if plan.probes else (None, None)
+        probe_s = time.perf_counter() - started
+        booster = engine.start(step, 0, blocks, init)
         optimizer = make_optimizer(booster, TrainArgs(), 1e-4)
-        times.append(timed_step(lambda: causal_lm_loss(model, data)[0], optimizer))
+        times.append({**timed_step(lambda: causal_lm_loss(model, data)[0], optimizer), "probe": probe_s / args.kappa})
         lowest.append(min(booster.blocks))
         engine.discard(booster)
     return times, lowest
@@ -148,6 +165,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (the first is not counted)")
     parser.add_argument("--k", type=int, default=4, help="xgblora blocks per booster")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing for all methods")
+    parser.add_argument("--booster-init", default="random", choices=["random", "gradient"], help="xgblora's booster init")
+    parser.add_argument("--block-schedule", default="random", choices=["random", "gradient", "gradient_sample"],
+                        help="xgblora's block choice")
+    parser.add_argument("--init-batches", type=int, default=1, help="micro-batches of xgblora's probe")
+    parser.add_argument("--kappa", type=int, default=10, help="steps per booster: a probe's cost is divided by it")
     parser.add_argument("--methods", default="xgblora,lora,peft")
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per method, interleaved; medians pool all")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -160,7 +182,9 @@ def main() -> None:
     for round_ in range(args.rounds):  # interleaved rounds, so a change in background load hits every method alike
         for method in args.methods.split(","):
             cmd = [sys.executable, "-m", "benchmarks", "speed", "--one", method, "--model", args.model, "--batch", str(args.batch),
-                   "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--seed", str(round_)]
+                   "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--seed", str(round_),
+                   "--booster-init", args.booster_init, "--block-schedule", args.block_schedule,
+                   "--init-batches", str(args.init_batches), "--kappa", str(args.kappa)]
             cmd += ["--checkpointing"] if args.checkpointing else []
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
@@ -168,7 +192,8 @@ def main() -> None:
             result = json.loads(out.stdout.strip().splitlines()[-1])
             print(f"{method:>8} round {round_ + 1}: median step {medians(result['steps'])['step']:.2f} s   "
                   f"peak RSS {result['peak_rss_mb']:.0f} MB (after model load {result['rss_after_load_mb']:.0f} MB)", flush=True)
-            row = rows.setdefault(method, {"steps": [], "lowest_blocks": [], "peak_rss_mb": 0.0})
+            row = rows.setdefault(method, {"steps": [], "lowest_blocks": [], "peak_rss_mb": 0.0, "round_medians": []})
+            row["round_medians"].append(medians(result["steps"])["step"])
             row["steps"] += result["steps"]
             row["lowest_blocks"] += result["lowest_blocks"]
             row["num_layers"] = result["num_layers"]
@@ -187,6 +212,12 @@ def main() -> None:
         if fitted is not None and "peft" in rows:
             print(f"xgblora step at the long-run mean depth (line fit over the timed steps): {fitted:.2f} s, "
                   f"{fitted / rows['peft']['step']:.3f}x PEFT's median")
+    if "xgblora" in rows and "lora" in rows:  # one ratio per interleaved round: its median and range
+        per_round = sorted(x / lo for x, lo in zip(rows["xgblora"]["round_medians"], rows["lora"]["round_medians"]))
+        print(f"xgblora step over lora's, per round (probe included, over kappa {args.kappa}): median "
+              f"{statistics.median(per_round):.3f}, range {per_round[0]:.3f}-{per_round[-1]:.3f} over {len(per_round)} rounds")
+        print(f"step_time_ratio_vs_lora={statistics.median(per_round):.3f} "
+              f"step_time_ratio_vs_lora_range={per_round[0]:.3f}-{per_round[-1]:.3f}")
     if "xgblora" in rows and "peft" in rows:
         x, p = rows["xgblora"], rows["peft"]
         print(f"step_time_ratio_vs_peft={x['step'] / p['step']:.3f} "

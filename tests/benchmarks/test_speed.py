@@ -21,3 +21,14 @@ def test_step_at_mean_depth_reads_the_fitted_line() -> None:
     steps = [{"forward+loss": 5.0, "backward": 3.0 - 0.1 * low, "optimizer": 0.0} for low in lowest]
     assert bench_speed.step_at_mean_depth(steps, lowest, 30, 4) == pytest.approx(8.0 - 0.1 * 5.2)
     assert bench_speed.step_at_mean_depth(steps[:1] * 3, [3, 3, 3], 30, 4) is None
+
+
+def test_a_booster_started_from_the_gradient_pays_its_probe_over_kappa(tiny_model_dir) -> None:
+    import argparse
+
+    args = argparse.Namespace(model=str(tiny_model_dir), batch=2, seq=16, steps=3, k=2, seed=0, checkpointing=False,
+                              booster_init="gradient", block_schedule="gradient", init_batches=1, kappa=10)
+    result = bench_speed.run_one("xgblora", args)
+    assert all(step["probe"] > 0 for step in result["steps"])  # timed, and divided by kappa
+    plain = bench_speed.run_one("xgblora", argparse.Namespace(**{**vars(args), "booster_init": "random", "block_schedule": "random"}))
+    assert all(step["probe"] == 0 for step in plain["steps"])
