@@ -88,9 +88,11 @@ def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[s
     probe = BoosterProbe(engine, setup)
     times, lowest = [], []
     for step in range(args.steps):
-        started = time.perf_counter()
-        blocks, init = probe.start(step, 0) if plan.probes else (None, None)
-        probe_s = time.perf_counter() - started
+        blocks, init, probe_s = None, None, 0.0
+        if plan.probes:
+            started = time.perf_counter()
+            blocks, init = probe.start(step, 0)
+            probe_s = time.perf_counter() - started
         booster = engine.start(step, 0, blocks, init)
         optimizer = make_optimizer(booster, TrainArgs(), 1e-4)
         times.append({**timed_step(lambda: causal_lm_loss(model, data)[0], optimizer), "probe": probe_s / args.kappa})
