@@ -177,6 +177,8 @@ class Recipe:
     """Micro-batches (from the booster's own window) whose gradient sets V (booster_init: gradient) and ranks the blocks (block_schedule: gradient*); each costs one extra forward and backward per booster."""
     shrinkage: float = 1.0
     """Each booster's update is multiplied by this when it is merged (gradient boosting's shrinkage); 1: merged as trained."""
+    merge_search_batches: int = 0
+    """A line search at each merge: the booster's update is scaled by 1, 1/2 or 0, whichever gives the lowest loss on this many micro-batches of the next window (not yet trained on); each costs three forward passes per booster; 0: merged as trained."""
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     """Linear layers adapted in each chosen block (q, k, v, o, gate, up, down _proj)."""
     dtype: str = "float32"
@@ -236,6 +238,7 @@ class Recipe:
         _require(self.booster_init in INITS, "booster_init", f"must be one of {', '.join(INITS)}, got {self.booster_init!r}")
         _require(self.init_batches >= 1, "init_batches", f"must be >= 1, got {self.init_batches}")
         _require(0 < self.shrinkage <= 1, "shrinkage", f"must be in (0, 1], got {self.shrinkage}")
+        _require(self.merge_search_batches >= 0, "merge_search_batches", f"must be >= 0, got {self.merge_search_batches}")
         _require(self.dataset_format in FORMATS, "dataset_format", f"must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
         _require(self.train.sharding == "none" or self.quantization in ("none", "4bit"), "train.sharding",
                  f"fsdp shards a bf16/fp16/fp32 or 4bit base; a {self.quantization} base is not supported with it (use quantization: none or 4bit)")
@@ -268,6 +271,7 @@ class BoosterPlan:
     booster_init: str = "random"
     init_batches: int = 1
     shrinkage: float = 1.0
+    merge_search_batches: int = 0
 
     @property
     def scale(self) -> float:
@@ -301,7 +305,7 @@ def resolve_plan(recipe: Recipe, num_layers: int) -> BoosterPlan:
     else:
         kappa = math.ceil(steps / preset.boosters)
     return BoosterPlan(rank, float(alpha), k, kappa, math.ceil(steps / kappa), num_layers, recipe.block_schedule,
-                       recipe.booster_init, recipe.init_batches, recipe.shrinkage)
+                       recipe.booster_init, recipe.init_batches, recipe.shrinkage, recipe.merge_search_batches)
 
 
 def field_docs(cls: type) -> dict[str, str]:

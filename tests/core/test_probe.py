@@ -105,7 +105,8 @@ def test_shrinkage_scales_what_is_merged_and_recorded(tmp_path: Path, tiny_model
 
 
 @pytest.mark.parametrize("fields", [{"block_schedule": "gradient", "booster_init": "gradient"},
-                                    {"block_schedule": "gradient_sample", "train": {"u_lr_ratio": 4.0}, "shrinkage": 0.7}],
+                                    {"block_schedule": "gradient_sample", "train": {"u_lr_ratio": 4.0}, "shrinkage": 0.7,
+                                     "merge_search_batches": 1}],
                          ids=["gradient", "sampled"])
 def test_sigkill_mid_booster_then_resume_makes_the_same_boosters(tmp_path: Path, tiny_model_dir: Path, fields: dict) -> None:
     straight = write_recipe(tmp_path / "a.yaml", **tiny_recipe(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "a"), **fields))
@@ -124,3 +125,23 @@ def test_sigkill_mid_booster_then_resume_makes_the_same_boosters(tmp_path: Path,
     wa, wb = _final_weights(tmp_path / "a", tiny_model_dir), _final_weights(tmp_path / "b", tiny_model_dir)
     assert all(torch.allclose(wa[n], wb[n], atol=1e-6) for n in wa)
     assert [r["loss"] for r in step_rows(tmp_path / "b")] == pytest.approx([r["loss"] for r in step_rows(tmp_path / "a")], abs=1e-5)
+
+
+def test_a_merge_line_search_keeps_a_useful_booster_and_drops_a_harmful_one(tmp_path: Path, tiny_model_dir: Path) -> None:
+    trainer = trainer_for(tmp_path, tiny_model_dir, merge_search_batches=2, train={"max_steps": 6, "learning_rate": 3e-2})
+    trainer._start_booster()
+    for _ in range(3):  # a trained booster lowers the loss on fresh batches of the same data
+        trainer._train_step()
+        trainer.step += 1
+    assert trainer.probe.merge_scale(trainer.booster, trainer.step) in (1.0, 0.5)
+    with torch.no_grad():  # the same booster reversed and magnified raises it: merged at 0, i.e. not at all
+        for adapter in trainer.booster.adapters.values():
+            adapter.lora_b.mul_(-10.0)
+    before = {name.replace(".base.", "."): p.detach().clone() for name, p in trainer.setup.model.named_parameters()
+              if "lora_" not in name}
+    trainer._merge(trainer.booster)
+    after = dict(trainer.setup.model.named_parameters())
+    assert all(torch.equal(before[name], after[name]) for name in before)  # the base weights as they were: nothing merged
+    event = [line for line in (trainer.run.path / "metrics.jsonl").read_text().splitlines() if "booster_merged" in line][-1]
+    assert '"merge_scale": 0.0' in event
+    assert all(not u.any() for u, _ in Record(trainer.run.path).load()[0].factors.values())

@@ -221,10 +221,10 @@ class BoostingEngine:
                     setattr(parent, attr, adapter.base)
         self.set_block_modes(None)
 
-    def finish(self, booster: ActiveBooster) -> BoosterFactors:
-        """Detach a trained booster and return its factors (U times the plan's shrinkage), the entry the record
-        keeps and merging folds in."""
-        shrink = self.plan.shrinkage
+    def finish(self, booster: ActiveBooster, factor: float = 1.0) -> BoosterFactors:
+        """Detach a trained booster and return its factors (U times the plan's shrinkage and ``factor``, a merge
+        line search's choice), the entry the record keeps and merging folds in."""
+        shrink = self.plan.shrinkage * factor
         factors = {n: a.factors() for n, a in booster.adapters.items()}
         if shrink != 1.0:
             factors = {n: (u * shrink, v) for n, (u, v) in factors.items()}

@@ -1,4 +1,5 @@
-"""A booster's start along the loss gradient: its blocks chosen by gradient norm, its V set from the gradient.
+"""A booster's start along the loss gradient (its blocks chosen by gradient norm, its V set from the gradient), and
+its end: a line search for the scale it is merged at.
 
 With ``block_schedule: gradient`` (or ``gradient_sample``) a probe through every block ranks the blocks by the
 squared norm of their weights' loss gradient on the window's first ``init_batches`` micro-batches, and booster t
@@ -8,6 +9,11 @@ right singular vectors of ``dL/dW`` by power iteration (:mod:`xgblora_cli.core.g
 model is unchanged when the booster attaches and merges stay exact. The probes read the micro-batches the
 booster then trains on, with the merged model as it is; they never touch a ``.grad``. Each costs about one
 training step's forward and backward per micro-batch, once per booster (amortised over kappa steps).
+
+With ``merge_search_batches: N`` a finished booster is merged at the scale among 1, 1/2 and 0 whose loss is the
+lowest on the next window's first N micro-batches (data no booster has trained on yet): boosting's line search,
+three forward passes a micro-batch. A booster that would make the model worse there is merged at half, or not
+at all.
 """
 
 from __future__ import annotations
@@ -80,3 +86,34 @@ class BoosterProbe:
             if float(sigma[0]) > 0:  # no gradient reached this weight: it keeps its random init
                 init[name] = v
         return init
+
+    MERGE_SCALES = (1.0, 0.5, 0.0)
+
+    @torch.no_grad()
+    def merge_scale(self, booster, step: int) -> float:  # booster: core.boosting.ActiveBooster
+        """The scale (of ``MERGE_SCALES``; ties to the larger) at which ``booster`` lowers the loss most on the
+        ``merge_search_batches`` micro-batches from ``step`` on, summed over data-parallel ranks."""
+        batches = [self.setup.stream.batch(step * self.setup.recipe.train.grad_accum + j,
+                                           self.ranks.slice(self.setup.recipe.train.batch_size)).to(self.setup.device)
+                   for j in range(self.plan.merge_search_batches)]
+        model, adapters = self.setup.model, list(booster.adapters.values())
+        scales = [adapter.scale for adapter in adapters]
+        losses = []
+        was_training = model.training
+        model.eval()
+        try:
+            with root_gathered(model):
+                for factor in self.MERGE_SCALES:
+                    for adapter, scale in zip(adapters, scales):
+                        adapter.scale = scale * factor
+                    total = torch.zeros((), dtype=torch.float64)
+                    for batch in batches:
+                        loss, count = causal_lm_loss(model, batch)
+                        total += float(loss) * count
+                    losses.append(float(self.ranks.sum_(total)))
+        finally:
+            for adapter, scale in zip(adapters, scales):
+                adapter.scale = scale
+            model.train(was_training)
+        best = min(losses)
+        return next(f for f, loss in zip(self.MERGE_SCALES, losses) if loss == best)

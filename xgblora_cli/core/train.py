@@ -181,12 +181,14 @@ class Trainer:
 
     def _merge(self, booster: ActiveBooster) -> None:
         """Fold a finished booster into the weights exactly and append it to the record (rank 0 writes)."""
-        done = self.engine.finish(booster)
+        factor = self.probe.merge_scale(booster, self.step) if self.plan.merge_search_batches else 1.0
+        done = self.engine.finish(booster, factor)
         self.ranks.check_same(done.digest(), f"booster {done.index + 1}")
         write_merged(self.setup.model, self.base, self.stack, self.stack.add(done))
         if self.ranks.main:
             self.record.append(done, self.step)
-        self._log({"step": self.step, "event": "booster_merged", "booster": done.index, "blocks": done.blocks})
+        self._log({"step": self.step, "event": "booster_merged", "booster": done.index, "blocks": done.blocks,
+                   **({"merge_scale": factor} if self.plan.merge_search_batches else {})})
         if self.args.carry_moments and self.optimizer is not None:
             self.carried = self.optimizer.state_dict()["state"]
         self.booster, self.optimizer = None, None
