@@ -55,6 +55,9 @@ VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
     "gradsample": ("blocks sampled by gradient norm", "xgblora", None, {"block_schedule": "gradient_sample"}),
     "uv4": ("U's rate 4x V's", "xgblora", None, {"train.u_lr_ratio": 4}),
     "shrink05": ("shrinkage 0.5", "xgblora", None, {"shrinkage": 0.5}),
+    "search": ("merge line search", "xgblora", None, {"merge_search_batches": 1}),
+    "gradinit_lr3e-3_search": ("V from the gradient, rate 3e-3, merge line search", "xgblora", 3e-3,
+                               {"booster_init": "gradient", "merge_search_batches": 1}),
     "lora": ("lora preset", "lora", None, {}),
     "control": ("one never-merged rank-1 booster", "control", None, {}),
 }
