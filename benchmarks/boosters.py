@@ -38,14 +38,11 @@ from benchmarks.lib import (
     write_doc,
     write_records,
 )
+from benchmarks.quality import BUDGETS  # the quality benchmark's data cuts and budgets
 from xgblora_cli.common.fsutil import atomic_write_text
 from xgblora_cli.evaluation.tasks.glue import GLUE
 from xgblora_cli.recipe import PRESETS
 
-BUDGETS = {
-    "sst2": TaskBudget("sst2", train=1000, val=200, steps=100, batch=8, seq=128, min_words=5),
-    "rte": TaskBudget("rte", train=1040, val=150, steps=100, batch=8, seq=256),
-}
 VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
     # name: (label, method, learning rate (None: the method's shipped one), recipe keys)
     "preset": ("xgblora preset", "xgblora", None, {}),

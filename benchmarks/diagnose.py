@@ -27,11 +27,11 @@ import torch
 from benchmarks.lib import (
     GLUE_DIR,
     ROOT,
-    TaskBudget,
     cut_glue,
     write_doc,
     write_records,
 )
+from benchmarks.quality import BUDGETS  # the quality benchmark's data cuts and budgets
 from xgblora_cli.core.gradient import capture
 from xgblora_cli.core.loss import causal_lm_loss
 from xgblora_cli.core.rundir import RunDir
@@ -42,11 +42,6 @@ from xgblora_cli.evaluation.tasks.choice import load as load_choice
 from xgblora_cli.models.loading import find_blocks
 from xgblora_cli.recipe_file import recipe_from_dict
 from xgblora_cli.runner import prepare
-
-BUDGETS = {
-    "sst2": TaskBudget("sst2", train=1000, val=200, steps=100, batch=8, seq=128, min_words=5),
-    "rte": TaskBudget("rte", train=1040, val=150, steps=100, batch=8, seq=256),
-}
 
 
 def weight_layers(trainer: Trainer, blocks: list[int]) -> dict[str, torch.nn.Module]:

@@ -11,6 +11,18 @@ import typer
 from xgblora_cli.cli.app import app, console, out_console, user_errors
 from xgblora_cli.common.errors import UserError
 
+# the options chat and generate share (one definition each; typer reads them as defaults)
+TARGET = typer.Argument(..., help="a run directory, a merged folder, or any model spec (alias, .gguf, folder, hub id)")
+MAX_NEW_TOKENS = typer.Option(256, "--max-new-tokens", help="tokens per answer at most")
+TEMPERATURE = typer.Option(0.0, "--temperature", help="0: greedy, reproducible (default); above 0: sampled")
+TOP_P = typer.Option(1.0, "--top-p", help="sampling: nucleus probability mass")
+SEED = typer.Option(0, "--seed", help="sampling: the random seed")
+STEP = typer.Option(None, "--step", help="a run as it was after step N")
+TEMPLATE = typer.Option(None, "--template", help="auto | chat | plain (default: the target's own)")
+DTYPE = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: a run's own, else float32)")
+DEVICE = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N")
+TRUST_REMOTE_CODE = typer.Option(False, "--trust-remote-code", help="run a hub model's own Python code")
+
 
 def _open(target: str, step: Optional[int], dtype: Optional[str], device: str, template: Optional[str],
           trust_remote_code: bool):  # -> core.opening.Opened
@@ -38,18 +50,18 @@ def _base_of(target, compare: Optional[str], device: str, trust_remote_code: boo
 @app.command()
 @user_errors
 def chat(
-    target: str = typer.Argument(..., help="a run directory, a merged folder, or any model spec (alias, .gguf, folder, hub id)"),
+    target: str = TARGET,
     system: Optional[str] = typer.Option(None, "--system", help="a system prompt for the conversation"),
     compare: Optional[str] = typer.Option(None, "--compare", help="base: the base model answers each turn too, beside the target"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="tokens per answer at most"),
-    temperature: float = typer.Option(0.0, "--temperature", help="0: greedy, reproducible (default); above 0: sampled"),
-    top_p: float = typer.Option(1.0, "--top-p", help="sampling: nucleus probability mass"),
-    seed: int = typer.Option(0, "--seed", help="sampling: the random seed"),
-    step: Optional[int] = typer.Option(None, "--step", help="a run as it was after step N"),
-    template: Optional[str] = typer.Option(None, "--template", help="auto | chat | plain (default: the target's own)"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: a run's own, else float32)"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run a hub model's own Python code"),
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
+    seed: int = SEED,
+    step: Optional[int] = STEP,
+    template: Optional[str] = TEMPLATE,
+    dtype: Optional[str] = DTYPE,
+    device: str = DEVICE,
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
 ) -> None:
     """Talk to a model in its own prompt format, answers streamed; piped input: one user turn per line.
 
@@ -74,24 +86,24 @@ def chat(
 @app.command()
 @user_errors
 def generate(
-    target: str = typer.Argument(..., help="a run directory, a merged folder, or any model spec (alias, .gguf, folder, hub id)"),
+    target: str = TARGET,
     input_file: Path = typer.Option(..., "--input", help="prompts: a .json/.jsonl file in any training format"),
     output: Path = typer.Option(..., "--output", help="answers: a .jsonl file (the record, the answer, tokens, seconds)"),
     batch_size: int = typer.Option(8, "--batch-size", help="prompts per generate call (left-padded)"),
     compare: Optional[str] = typer.Option(None, "--compare", help="base: the base model answers each prompt too (base_answer)"),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens", help="tokens per answer at most"),
-    temperature: float = typer.Option(0.0, "--temperature", help="0: greedy, reproducible (default); above 0: sampled"),
-    top_p: float = typer.Option(1.0, "--top-p", help="sampling: nucleus probability mass"),
-    seed: int = typer.Option(0, "--seed", help="sampling: the random seed"),
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    temperature: float = TEMPERATURE,
+    top_p: float = TOP_P,
+    seed: int = SEED,
     dataset_format: str = typer.Option("auto", "--format", help="auto | alpaca | prompt_completion | messages | sharegpt"),
     columns: Optional[list[str]] = typer.Option(None, "--column", help="rename a column, FORMAT_NAME=YOUR_COLUMN (repeatable), e.g. instruction=question"),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run, skipping records already answered"),
     force: bool = typer.Option(False, "--force", help="replace an existing --output written by xgblora generate"),
-    step: Optional[int] = typer.Option(None, "--step", help="a run as it was after step N"),
-    template: Optional[str] = typer.Option(None, "--template", help="auto | chat | plain (default: the target's own)"),
-    dtype: Optional[str] = typer.Option(None, "--dtype", help="float32 | bfloat16 | float16 (default: a run's own, else float32)"),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu, cuda or cuda:N"),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="run a hub model's own Python code"),
+    step: Optional[int] = STEP,
+    template: Optional[str] = TEMPLATE,
+    dtype: Optional[str] = DTYPE,
+    device: str = DEVICE,
+    trust_remote_code: bool = TRUST_REMOTE_CODE,
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show the progress bar"),
 ) -> None:
     """Answer every prompt of a file, batched, into a JSON Lines file (written whole at the end; --resume continues)."""
