@@ -55,6 +55,10 @@ VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
     "search": ("merge line search", "xgblora", None, {"merge_search_batches": 1}),
     "gradinit_lr3e-3_search": ("V from the gradient, rate 3e-3, merge line search", "xgblora", 3e-3,
                                {"booster_init": "gradient", "merge_search_batches": 1}),
+    "gradinit_uv4_lr3e-3": ("V from the gradient, U's rate 4x V's, rate 3e-3", "xgblora", 3e-3,
+                            {"booster_init": "gradient", "train.u_lr_ratio": 4}),
+    "gradinit_uv10_lr1e-3": ("V from the gradient, U's rate 10x V's, rate 1e-3", "xgblora", 1e-3,
+                             {"booster_init": "gradient", "train.u_lr_ratio": 10}),
     "lora": ("lora preset", "lora", None, {}),
     "control": ("one never-merged rank-1 booster", "control", None, {}),
 }
