@@ -1,0 +1,42 @@
+"""The boosters benchmark (benchmarks/boosters.py): its records merge, and its tables render from them alone."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import benchmarks.boosters as bench_boosters
+from xgblora_cli.recipe import PRESETS
+
+
+def record(variant: str, seed: int, acc: float, task: str = "sst2", steps: int = 100, test: float | None = None) -> dict:
+    out = {"task": task, "steps": steps, "variant": variant, "seed": seed, "method": bench_boosters.VARIANTS[variant][1],
+           "lr": bench_boosters.rate(variant), "keys": bench_boosters.VARIANTS[variant][3], "dtype": "bfloat16",
+           "step_s": 2.0 if variant != "lora" else 3.0, "val": {"acc": acc, "shares": {"negative": 0.6, "positive": 0.4}}}
+    if test is not None:
+        out["test"] = {"acc": test, "shares": {"negative": 0.5, "positive": 0.5}}
+    return out
+
+
+def test_each_variant_is_the_preset_at_its_rate_with_its_keys() -> None:
+    assert bench_boosters.rate("preset") == PRESETS["xgblora"].learning_rate
+    assert bench_boosters.rate("control") == PRESETS["xgblora"].learning_rate  # the control: xgblora's rate
+    assert bench_boosters.rate("lora") == PRESETS["lora"].learning_rate
+    assert bench_boosters.rate("gradinit_lr3e-3") == 3e-3
+    assert bench_boosters.VARIANTS["gradinit"][3] == {"booster_init": "gradient"}
+    with pytest.raises(SystemExit):
+        bench_boosters.parse_args(["--variants", "nope"])
+
+
+def test_records_merge_one_per_run_and_render_as_tables(tmp_path) -> None:
+    path = tmp_path / "boosters.json"
+    bench_boosters.save_results(path, [record("preset", 0, 80.0), record("lora", 0, 85.0, test=88.0)])
+    bench_boosters.save_results(path, [record("preset", 1, 70.0), record("preset", 0, 82.0)])  # seed 0 again: replaced
+    runs = bench_boosters.load_results(path)
+    assert [(r["variant"], r["seed"], r["val"]["acc"]) for r in runs] == [("preset", 0, 82.0), ("preset", 1, 70.0), ("lora", 0, 85.0)]
+    text = bench_boosters.render(runs)
+    assert "**SST2, 100 steps**" in text
+    assert "| xgblora preset (`preset`) | - | 0.01 | 82.0 / 70.0 | **76.0 ± 8.5** | 60%, 60% | - | 1.00x |" in text
+    assert "| lora preset (`lora`) | - | 0.001 | 85.0 | **85.0** | 60% | 88.0 (88.0) | 1.50x |" in text
+    assert json.loads(path.read_text())["runs"][0]["variant"] == "preset"
