@@ -262,7 +262,7 @@ def lora_table(run: dict) -> str:
 
 def summary_table(runs: dict[str, dict]) -> str:
     """Per run, boosters 2 onward (after the one that learns the answer format): what a booster's update is."""
-    lines = ["| run | final val acc | largest answer share | mean \\|dW\\| | cos(dW, top rank-1 of -G) | cos(dW, -G) "
+    lines = ["| run | val acc at the end | largest answer share | mean \\|dW\\| | cos(dW, top rank-1 of -G) | cos(dW, -G) "
              "| top-1 share of \\|G\\|^2 | a micro-batch's top direction vs 64 examples' (\\|cos\\|) "
              "| boosters whose blocks include one of the 4 largest-gradient blocks |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -272,8 +272,9 @@ def summary_table(runs: dict[str, dict]) -> str:
             continue
         ms = [window_means(w) for w in later]
         hit = sum(1 for w in later if set(w["blocks"]) & set(w["top_blocks_by_grad"][:4]))
-        last = run["windows"][-1]["after"]
-        lines.append(f"| {name} | {100 * last['acc']:.1f} | {100 * max(last['shares'].values()):.0f}% "
+        last, end = run["windows"][-1]["after"], run["windows"][-1]["end_step"]
+        at = "" if end == run["steps"] else f" (step {end})"
+        lines.append(f"| {name} | {100 * last['acc']:.1f}{at} | {100 * max(last['shares'].values()):.0f}% "
                      f"| {mean(m['dw_norm'] for m in ms):.3f} | {mean(m['cos_top'] for m in ms):+.3f} "
                      f"| {mean(m['cos_grad'] for m in ms):+.3f} | {mean(m['s1_share'] for m in ms):.2f} "
                      f"| {mean(m['own_vs_big_top'] for m in ms):.2f} "
@@ -288,7 +289,8 @@ def render(folder: Path) -> str:
     parts = ["Boosters 2 onward (after the first, which learns the answer format), averaged over a run's boosters "
              "and their weights:", "", summary_table(runs)]
     for name, run in runs.items():
-        parts += ["", f"**{name}** (seed {run['seed']}, {run['steps']} steps, {run['wall_s'] / 60:.0f} min with the probes):", ""]
+        how = run.get("partial") or f"{run['wall_s'] / 60:.0f} min with the probes"
+        parts += ["", f"**{name}** (seed {run['seed']}, {run['steps']} steps; {how}):", ""]
         parts.append(lora_table(run) if run["plan"]["num_boosters"] == 1 else booster_table(run, lora))
     return "\n".join(parts)
 
