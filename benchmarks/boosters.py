@@ -183,7 +183,44 @@ def render(records: list[dict]) -> str:
             lines.append(f"| {label} (`{variant}`) | {keys} | {rows[0]['lr']:g} | {by_seed} | **{spread([r['val']['acc'] for r in rows])}** "
                          f"| {lean(rows, 'val')} | {test} | {ratio} |")
         sections.append("\n".join(lines))
+    table, winner = rule(records)
+    if table:
+        sections.append("**The defaults rule** (docs/benchmarks.md, \"Defaults\"): each xgblora variant's mean validation accuracy "
+                        "relative to the best variant's, on SST-2 at 100 steps and RTE at 400; the smaller of the two; the highest "
+                        f"wins, ties to the preset.\n\n{table}")
     return "\n\n".join(sections)
+
+
+RULE_BUDGETS = {"sst2": 100, "rte": 400}
+"""Where the defaults rule reads each task's validation accuracy: SST-2 at 100 steps, RTE at 400 (where lora learns it)."""
+
+
+def rule(records: list[dict]) -> tuple[str, str | None]:
+    """The defaults rule of docs/benchmarks.md applied to the xgblora variants: per task (RULE_BUDGETS), each
+    variant's mean validation accuracy over its seeds relative to the best variant's; a variant's worst-case
+    relative accuracy is the smaller over the tasks (only variants measured on both count); the highest wins,
+    ties to the preset. Returns the table and the winner (None: no variant measured on both yet)."""
+    means: dict[str, dict[str, float]] = {}
+    for task, steps in RULE_BUDGETS.items():
+        for variant in {r["variant"] for r in records if (r["task"], r["steps"]) == (task, steps)}:
+            if VARIANTS.get(variant, ("", "xgblora"))[1] != "xgblora":
+                continue
+            accs = [r["val"]["acc"] for r in records if (r["task"], r["steps"], r["variant"]) == (task, steps, variant)]
+            means.setdefault(variant, {})[task] = statistics.mean(accs)
+    both = {v: m for v, m in means.items() if set(m) == set(RULE_BUDGETS)}
+    if not both:
+        return "", None
+    best = {task: max(m[task] for m in both.values()) for task in RULE_BUDGETS}
+    worst = {v: min(m[task] / best[task] for task in RULE_BUDGETS) for v, m in both.items()}
+    winner = max(sorted(worst, key=lambda v: v != "preset"), key=lambda v: worst[v])
+    order = [v for v in VARIANTS if v in both]
+    lines = ["| xgblora variant | SST-2 val. (100 steps) | RTE val. (400 steps) | worst relative | |", "|---|---|---|---|---|"]
+    for v in order:
+        seeds = {task: sum(1 for r in records if (r["task"], r["steps"], r["variant"]) == (task, RULE_BUDGETS[task], v))
+                 for task in RULE_BUDGETS}
+        cells = " | ".join(f"{both[v][task]:.1f} (n={seeds[task]})" for task in RULE_BUDGETS)
+        lines.append(f"| {VARIANTS[v][0]} (`{v}`) | {cells} | {worst[v]:.3f} | {'the rule picks it' if v == winner else ''} |")
+    return "\n".join(lines), winner
 
 
 def main(argv: list[str] | None = None) -> None:
