@@ -59,6 +59,10 @@ VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
                             {"booster_init": "gradient", "train.u_lr_ratio": 4}),
     "gradinit_uv10_lr1e-3": ("V from the gradient, U's rate 10x V's, rate 1e-3", "xgblora", 1e-3,
                              {"booster_init": "gradient", "train.u_lr_ratio": 10}),
+    "gradinit_gradblocks_lr3e-3": ("V from the gradient, blocks by gradient norm, rate 3e-3", "xgblora", 3e-3,
+                                   {"booster_init": "gradient", "block_schedule": "gradient"}),
+    "gradinit_gradblocks": ("V from the gradient, blocks by gradient norm", "xgblora", None,
+                            {"booster_init": "gradient", "block_schedule": "gradient"}),
     "lora": ("lora preset", "lora", None, {}),
     "control": ("one never-merged rank-1 booster", "control", None, {}),
 }
