@@ -164,7 +164,9 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
         recipe_file.parent.mkdir(parents=True, exist_ok=True)
         recipe_file.write_text(yaml.safe_dump(recipe, sort_keys=False))
         started = time.perf_counter()
-        runner.cli("train", str(recipe_file), "--no-progress", "--overwrite")
+        # a run stopped part-way (a killed study) goes on from its checkpoint; anything else starts afresh
+        resume = run_status(out) == "running" and (out / "checkpoint.safetensors").is_file()
+        runner.cli("train", str(recipe_file), "--no-progress", "--resume" if resume else "--overwrite")
         timing.write_text(f"{time.perf_counter() - started:.1f}\n")
     info = json.loads(info_file.read_text())
     return {"dir": out, "step_s": step_seconds(out), "plan": info["plan"], "trainable_per_booster": info["trainable_per_booster"]}
