@@ -86,7 +86,7 @@ def probe(recipe_json: str) -> None:
         train,
     )
     from xgblora_cli.core.rundir import RunDir
-    from xgblora_cli.models.loading import loading as models
+    from xgblora_cli.models import loading as models
     from xgblora_cli.recipe_file import recipe_from_dict
 
     def rss() -> int:

@@ -38,6 +38,19 @@ def test_learning_rate_defaults_to_the_method_preset_unless_set() -> None:
     assert overridden.to_dict()["train"]["learning_rate"] == PRESETS["lora"].learning_rate
 
 
+def test_booster_init_defaults_to_the_method_preset_and_runs_store_it_resolved() -> None:
+    for method, preset in PRESETS.items():
+        recipe = make(method=method)
+        assert recipe.booster_init is None  # what the recipe says
+        assert resolve_plan(recipe, 30).booster_init == preset.booster_init
+        assert recipe.to_dict()["booster_init"] == preset.booster_init  # what a run stores: the value it used
+    for init in ("random", "gradient"):
+        recipe = make(method="xgblora", booster_init=init)
+        assert resolve_plan(recipe, 30).booster_init == init and recipe.to_dict()["booster_init"] == init
+    with pytest.raises(UserError, match="booster_init: must be one of random, gradient"):
+        make(booster_init="svd")
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_shipped_recipe_loads_and_names_its_command(path: Path) -> None:
     recipe = load_recipe(path)

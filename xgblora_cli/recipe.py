@@ -45,6 +45,7 @@ class Preset:
     learning_rate: float
     steps_per_booster: int | None = None
     boosters: int | None = None
+    booster_init: str = "random"
 
 
 PRESETS: dict[str, Preset] = {
@@ -171,8 +172,8 @@ class Recipe:
     """kappa, optimizer steps each booster trains before it is merged (unset: xgblora 10, cola S/3, lora S)."""
     block_schedule: str = "random"
     """random (the paper: k blocks drawn independently for each booster), cycle (a shuffled cycle through all blocks, k at a time, so every block is adapted equally often), gradient (the k blocks whose weights have the largest loss gradient at the booster's start; costs a forward and backward through every block per booster) or gradient_sample (k blocks drawn in proportion to those gradient norms)."""
-    booster_init: str = "random"
-    """random (V drawn Kaiming-uniform, the paper's) or gradient (V from the top right singular vectors of each adapted weight's loss gradient on the booster's first init_batches micro-batches, found by power iteration; U starts at zero either way, so merges stay exact)."""
+    booster_init: str | None = None
+    """(unset: the preset's; see docs/training.md) random (V drawn Kaiming-uniform, the paper's) or gradient (V from the top right singular vectors of each adapted weight's loss gradient on the booster's first init_batches micro-batches, found by power iteration; U starts at zero either way, so merges stay exact)."""
     init_batches: int = 1
     """Micro-batches (from the booster's own window) whose gradient sets V (booster_init: gradient) and ranks the blocks (block_schedule: gradient*); each costs one extra forward and backward per booster."""
     shrinkage: float = 1.0
@@ -235,7 +236,7 @@ class Recipe:
         for key in ("model", "dataset", "output_dir"):
             _require(bool(getattr(self, key).strip()), key, "must not be empty")
         _require(self.block_schedule in SCHEDULES, "block_schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.block_schedule!r}")
-        _require(self.booster_init in INITS, "booster_init", f"must be one of {', '.join(INITS)}, got {self.booster_init!r}")
+        _require(self.booster_init is None or self.booster_init in INITS, "booster_init", f"must be one of {', '.join(INITS)}, got {self.booster_init!r}")
         _require(self.init_batches >= 1, "init_batches", f"must be >= 1, got {self.init_batches}")
         _require(0 < self.shrinkage <= 1, "shrinkage", f"must be in (0, 1], got {self.shrinkage}")
         _require(self.merge_search_batches >= 0, "merge_search_batches", f"must be >= 0, got {self.merge_search_batches}")
@@ -250,10 +251,17 @@ class Recipe:
         """The peak learning rate: ``train.learning_rate``, or the method preset's when the recipe leaves it out."""
         return self.train.learning_rate if self.train.learning_rate is not None else PRESETS[self.method].learning_rate
 
+    @property
+    def resolved_booster_init(self) -> str:
+        """``booster_init``, or the method preset's when the recipe leaves it out."""
+        return self.booster_init if self.booster_init is not None else PRESETS[self.method].booster_init
+
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data with the preset's learning rate filled in (what run directories store)."""
+        """The recipe as plain data with the preset's learning rate and booster init filled in (what run
+        directories store, so a run reads back the same after a preset changes)."""
         data = dataclasses.asdict(self)
         data["train"]["learning_rate"] = self.learning_rate
+        data["booster_init"] = self.resolved_booster_init
         return data
 
 
@@ -305,7 +313,7 @@ def resolve_plan(recipe: Recipe, num_layers: int) -> BoosterPlan:
     else:
         kappa = math.ceil(steps / preset.boosters)
     return BoosterPlan(rank, float(alpha), k, kappa, math.ceil(steps / kappa), num_layers, recipe.block_schedule,
-                       recipe.booster_init, recipe.init_batches, recipe.shrinkage, recipe.merge_search_batches)
+                       recipe.resolved_booster_init, recipe.init_batches, recipe.shrinkage, recipe.merge_search_batches)
 
 
 def field_docs(cls: type) -> dict[str, str]:
