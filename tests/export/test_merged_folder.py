@@ -89,11 +89,14 @@ def test_existing_out_needs_force_and_bfloat16_export_rounds_once(trained, tmp_p
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="folder exists and is not empty; pass --force"):
+    with pytest.raises(UserError, match="already exists; pass --force to replace it"):
         merge_run(run_dir, out)
+    with pytest.raises(UserError, match="was not written by xgblora merge; --force replaces only xgblora's own"):
+        merge_run(run_dir, out, force=True)  # a folder xgblora did not write is never replaced
     assert (out / "keep.txt").read_text() == "mine"
-    merge_run(run_dir, out, force=True, dtype="bfloat16")
-    assert not (out / "keep.txt").exists()
+    out = tmp_path / "merged"
+    merge_run(run_dir, out)
+    merge_run(run_dir, out, force=True, dtype="bfloat16")  # our own merge: replaced
     tensors = load_file(out / "model.safetensors")
     assert all(t.dtype == torch.bfloat16 for t in tensors.values())
     fp32 = tmp_path / "fp32"
