@@ -41,11 +41,11 @@ from benchmarks.lib import (
 from benchmarks.quality import BUDGETS  # the quality benchmark's data cuts and budgets
 from xgblora_cli.common.fsutil import atomic_write_text
 from xgblora_cli.evaluation.tasks.glue import GLUE
-from xgblora_cli.recipe import PRESETS
 
 VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
     # name: (label, method, learning rate (None: the method's shipped one), recipe keys)
-    "preset": ("xgblora preset", "xgblora", None, {}),
+    "preset": ("old xgblora preset (random V)", "xgblora", None, {}),
+    "lr3e-3": ("the old preset at rate 3e-3 (random V)", "xgblora", 3e-3, {}),
     "gradinit": ("V from the gradient", "xgblora", None, {"booster_init": "gradient"}),
     "gradinit_lr3e-3": ("V from the gradient, rate 3e-3", "xgblora", 3e-3, {"booster_init": "gradient"}),
     "gradblocks": ("blocks by gradient norm", "xgblora", None, {"block_schedule": "gradient"}),
@@ -90,10 +90,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+# The study's baseline, held fixed whatever the shipped presets become: each method's rate and init as they were
+# before it (xgblora and the control: random V at 1e-2; lora: 1e-3), so that a recorded run and a rerun agree.
+BASE_RATES = {"xgblora": 1e-2, "control": 1e-2, "lora": 1e-3}
+BASE_KEYS = {"xgblora": {"booster_init": "random"}, "control": {"booster_init": "random"}, "lora": {}}
+
+
 def rate(variant: str) -> float:
-    """The variant's learning rate: its own, or its method's shipped one (the control: xgblora's)."""
+    """The variant's learning rate: its own, or its method's baseline one."""
     _, method, lr, _ = VARIANTS[variant]
-    return lr if lr is not None else PRESETS["xgblora" if method == "control" else method].learning_rate
+    return lr if lr is not None else BASE_RATES[method]
 
 
 def score(runner: Runner, run_dir: Path, task: str, data: Path, out: Path) -> dict:
@@ -125,7 +131,7 @@ class Study:
         budget: TaskBudget = replace(BUDGETS[task], steps=steps)
         extra = {**({} if self.dtype == "float32" else {"dtype": self.dtype}), **keys}
         run = train_run(self.runner, self.args.work / f"steps{steps}", budget, self.data[task]["train"], method,
-                        rate(variant), seed, extra)
+                        rate(variant), seed, extra, fixed=BASE_KEYS[method])
         folder = run["dir"]
         record = {"task": task, "steps": steps, "variant": variant, "seed": seed, "method": method,
                   "lr": rate(variant), "keys": keys, "dtype": self.dtype, "step_s": round(run["step_s"], 4),

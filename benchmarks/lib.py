@@ -138,12 +138,13 @@ def run_name(method: str, lr: float, seed: int, extra: dict | None = None) -> st
 
 
 def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method: str, lr: float, seed: int,
-              extra: dict | None = None, snapshots: int = 4) -> dict:
+              extra: dict | None = None, snapshots: int = 4, fixed: dict | None = None) -> dict:
     """Train (or reuse) one run; returns its directory, median step time, plan and trainable parameters per booster.
 
     ``method`` is a preset, or ``control``: the xgblora preset with one booster for the whole run (rank 1 on the
     same number of random blocks, never merged), which isolates what boosting adds. ``extra``: more recipe keys,
-    part of the run's name. ``snapshots`` evenly spaced states are kept for learning curves. The run's total wall
+    part of the run's name. ``fixed``: recipe keys set before ``extra`` but not part of the name (what a benchmark
+    holds fixed whatever the shipped presets become). ``snapshots`` evenly spaced states are kept for learning curves. The run's total wall
     time stays in its ``bench_wall_s.txt``, which also marks a run this benchmark finished.
     """
     out = work / budget.name / run_name(method, lr, seed, extra)
@@ -156,7 +157,7 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
     }
     if method == "control":
         recipe["steps_per_booster"] = budget.steps
-    for key, value in (extra or {}).items():
+    for key, value in {**(fixed or {}), **(extra or {})}.items():
         apply_override(recipe, f"{key}={value}")
     info_file, timing = out / "run.json", out / "bench_wall_s.txt"
     if run_status(out) != "complete" or not timing.is_file():

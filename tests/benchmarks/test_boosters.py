@@ -37,7 +37,7 @@ def test_records_merge_one_per_run_and_render_as_tables(tmp_path) -> None:
     assert [(r["variant"], r["seed"], r["val"]["acc"]) for r in runs] == [("preset", 0, 82.0), ("preset", 1, 70.0), ("lora", 0, 85.0)]
     text = bench_boosters.render(runs)
     assert "**SST2, 100 steps**" in text
-    assert "| xgblora preset (`preset`) | - | 0.01 | 82.0 / 70.0 | **76.0 ± 8.5** | 60%, 60% | - | 1.00x |" in text
+    assert "| old xgblora preset (random V) (`preset`) | - | 0.01 | 82.0 / 70.0 | **76.0 ± 8.5** | 60%, 60% | - | 1.00x |" in text
     assert "| lora preset (`lora`) | - | 0.001 | 85.0 | **85.0** | 60% | 88.0 (88.0) | 1.50x |" in text
     assert json.loads(path.read_text())["runs"][0]["variant"] == "preset"
 
@@ -49,5 +49,5 @@ def test_the_defaults_rule_takes_the_best_worst_case_over_both_tasks() -> None:
     table, winner = bench_boosters.rule(records)
     # preset: min(75 / 82, 55 / 55) = 0.915; gradinit: min(82 / 82, 50 / 55) = 0.909; uv4 has no RTE; lora is no variant
     assert winner == "preset"
-    assert "| xgblora preset (`preset`) | 75.0 (n=2) | 55.0 (n=1) | 0.915 | the rule picks it |" in table
+    assert "| old xgblora preset (random V) (`preset`) | 75.0 (n=2) | 55.0 (n=1) | 0.915 | the rule picks it |" in table
     assert "`uv4`" not in table and "`lora`" not in table

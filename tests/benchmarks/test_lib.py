@@ -34,3 +34,47 @@ def test_ratio_rounds_repeat_until_the_spread_is_known() -> None:
     noisy = benchlib.ratio_rounds(lambda r: noisy_values[r], min_rounds=5, max_rounds=12)
     assert noisy.rounds == 12 and noisy.low == 0.8 and noisy.high == 3.1
     assert "range 0.80-3.10 over 12 rounds" in noisy.text()
+
+
+class FakeRunner:
+    """Records the CLI calls; ``train`` writes what a finished (or, with ``stop``, a killed) run leaves behind."""
+
+    def __init__(self, stop: bool = False) -> None:
+        self.calls: list[tuple[str, ...]] = []
+        self.stop = stop
+
+    def cli(self, *args: str) -> None:
+        import yaml
+
+        self.calls.append(args)
+        recipe = yaml.safe_load(Path(args[1]).read_text())
+        out = Path(recipe["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+        (out / "checkpoint.safetensors").write_bytes(b"")
+        (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0, "tokens": 10, "tokens_per_s": 5.0}\n')
+        status = "running" if self.stop else "complete"
+        (out / "run.json").write_text(f'{{"status": "{status}", "plan": {{}}, "trainable_per_booster": 1}}')
+        if self.stop:
+            raise RuntimeError("killed")
+
+
+def test_train_run_holds_fixed_keys_out_of_the_name_and_resumes_a_killed_run(tmp_path: Path) -> None:
+    import yaml
+
+    budget = benchlib.TaskBudget("sst2", train=10, val=5, steps=20, batch=2, seq=64)
+    killed = FakeRunner(stop=True)
+    with pytest.raises(RuntimeError):
+        benchlib.train_run(killed, tmp_path, budget, tmp_path / "d.jsonl", "xgblora", 3e-3, 0, {"shrinkage": 0.5},
+                           fixed={"booster_init": "random", "shrinkage": 1.0})
+    assert killed.calls[0][-1] == "--overwrite"
+    runner = FakeRunner()
+    run = benchlib.train_run(runner, tmp_path, budget, tmp_path / "d.jsonl", "xgblora", 3e-3, 0, {"shrinkage": 0.5},
+                             fixed={"booster_init": "random", "shrinkage": 1.0})
+    assert runner.calls[0][-1] == "--resume"  # the killed run goes on from its checkpoint
+    assert run["dir"].name == "xgblora_lr0.003_s0_shrinkage0.5"  # fixed keys are not part of the name
+    recipe = yaml.safe_load((run["dir"] / "recipe.yaml").read_text())
+    assert recipe["booster_init"] == "random" and recipe["shrinkage"] == 0.5  # extra wins over fixed
+    again = FakeRunner()
+    benchlib.train_run(again, tmp_path, budget, tmp_path / "d.jsonl", "xgblora", 3e-3, 0, {"shrinkage": 0.5})
+    assert again.calls == []  # a finished run is reused
