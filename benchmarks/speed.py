@@ -9,7 +9,7 @@ than a long run's average, it also prints each timed step's lowest adapted block
 gives at the long-run mean depth. PEFT (benchmark-only dependency) uses its standard HF loss.
 
     python -m benchmarks speed [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 5] [--rounds 2] [--k 4]
-        [--booster-init gradient] [--block-schedule gradient] [--init-batches 1] [--kappa 10]
+        [--booster-init gradient] [--block-schedule gradient] [--init-batches 1] [--kappa 10] [--dtype bfloat16]
 
 With a booster started from the gradient, each xgblora step carries its booster's probe over kappa (the ``probe``
 phase). Ends with ``step_time_ratio_vs_lora=X step_time_ratio_vs_lora_range=LO-HI`` (xgblora over our lora
@@ -118,7 +118,7 @@ def run_one(method: str, args) -> dict:
     from xgblora_cli.models.sources import resolve_model_dir
 
     model_dir = resolve_model_dir(args.model)
-    model = load_model(model_dir, "float32")
+    model = load_model(model_dir, args.dtype)
     model.train()
     data = batch(model.config.vocab_size, args.batch, args.seq)
     loaded = rss_mb()
@@ -173,6 +173,7 @@ def main() -> None:
     parser.add_argument("--init-batches", type=int, default=1, help="micro-batches of xgblora's probe")
     parser.add_argument("--kappa", type=int, default=10, help="steps per booster: a probe's cost is divided by it")
     parser.add_argument("--methods", default="xgblora,lora,peft")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the base weights' dtype (adapters fp32)")
     parser.add_argument("--rounds", type=int, default=2, help="fresh processes per method, interleaved; medians pool all")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
@@ -186,7 +187,7 @@ def main() -> None:
             cmd = [sys.executable, "-m", "benchmarks", "speed", "--one", method, "--model", args.model, "--batch", str(args.batch),
                    "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--seed", str(round_),
                    "--booster-init", args.booster_init, "--block-schedule", args.block_schedule,
-                   "--init-batches", str(args.init_batches), "--kappa", str(args.kappa)]
+                   "--init-batches", str(args.init_batches), "--kappa", str(args.kappa), "--dtype", args.dtype]
             cmd += ["--checkpointing"] if args.checkpointing else []
             out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
             if out.returncode != 0:
@@ -206,7 +207,7 @@ def main() -> None:
         print(f"{method:>8}: median step {row['step']:.2f} s over {len(row['steps'])} steps ({phases})   "
               f"peak RSS {row['peak_rss_mb']:.0f} MB")
     print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} k={args.k} "
-          f"checkpointing={args.checkpointing}")
+          f"checkpointing={args.checkpointing} dtype={args.dtype}")
     if "xgblora" in rows:
         x = rows["xgblora"]
         print(draw_summary(x["lowest_blocks"], x["num_layers"], args.k))
