@@ -19,14 +19,21 @@ def record(variant: str, seed: int, acc: float, task: str = "sst2", steps: int =
     return out
 
 
-def test_each_variant_is_the_preset_at_its_rate_with_its_keys() -> None:
-    assert bench_boosters.rate("preset") == PRESETS["xgblora"].learning_rate
-    assert bench_boosters.rate("control") == PRESETS["xgblora"].learning_rate  # the control: xgblora's rate
+def test_each_variant_is_the_fixed_baseline_at_its_rate_with_its_keys() -> None:
+    # the baseline stays what it was measured as, whatever the presets become
+    assert bench_boosters.rate("preset") == 1e-2 and bench_boosters.BASE_KEYS["xgblora"] == {"booster_init": "random"}
+    assert bench_boosters.rate("control") == 1e-2  # the control: the old preset's rate
     assert bench_boosters.rate("lora") == PRESETS["lora"].learning_rate
     assert bench_boosters.rate("gradinit_lr3e-3") == 3e-3
     assert bench_boosters.VARIANTS["gradinit"][3] == {"booster_init": "gradient"}
     with pytest.raises(SystemExit):
         bench_boosters.parse_args(["--variants", "nope"])
+
+
+def test_the_shipped_xgblora_preset_is_the_variant_the_study_chose() -> None:
+    _, method, lr, keys = bench_boosters.VARIANTS["gradinit_lr3e-3"]
+    preset = PRESETS["xgblora"]
+    assert method == "xgblora" and preset.learning_rate == lr and preset.booster_init == keys["booster_init"]
 
 
 def test_records_merge_one_per_run_and_render_as_tables(tmp_path) -> None:

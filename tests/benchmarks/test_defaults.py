@@ -49,7 +49,7 @@ def test_scores_are_kept_as_data_and_runs_here_add_to_them(tmp_path: Path, monke
     scores = bench_defaults.load_scores(results)
     assert scores["sst2"]["cola"] == {3e-4: 79.25, 1e-3: 83.5} and scores["rte"]["cola"][3e-4] == 154 / 3
     text = doc.read_text()
-    assert "| cola | **0.001** | 83.50 | 55.67 | 1.00 | the rule's pick, shipped default |" in text
+    assert "| cola | **0.001** | 83.50 | 55.67 | 1.00 | the rule's pick, the default it set |" in text
     assert "| cola | 0.0003 | 79.25 | 51.33 | 0.92 |  |" in text
     monkeypatch.setattr("sys.argv", ["defaults", "--report-only", "--doc", str(doc), "--results", str(results)])
     before = doc.read_text()
