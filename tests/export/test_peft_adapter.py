@@ -86,8 +86,11 @@ def test_refusals_are_one_line_and_write_nothing(run_dir: Path, tmp_path: Path) 
     with pytest.raises(UserError, match="--rank: must be >= 1, got 0"):
         export_peft(run_dir, tmp_path / "a", rank=0)
     (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="already exists; pass --force"):
         export_peft(run_dir, tmp_path / "taken")
-    assert not (tmp_path / "a").exists() and not any((tmp_path / "taken").iterdir())
+    with pytest.raises(UserError, match="not written by xgblora export; --force replaces only xgblora's own"):
+        export_peft(run_dir, tmp_path / "taken", force=True)
+    assert not (tmp_path / "a").exists() and [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]
     result = run_cli("export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "b"))
     assert result.returncode == 2 and "--format: must be peft or gguf" in result.stderr and not (tmp_path / "b").exists()
