@@ -29,6 +29,8 @@ import time
 
 import torch
 
+from xgblora_cli.recipe import PRESETS
+
 from benchmarks.lib import ROOT
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -167,7 +169,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (the first is not counted)")
     parser.add_argument("--k", type=int, default=4, help="xgblora blocks per booster")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing for all methods")
-    parser.add_argument("--booster-init", default="random", choices=["random", "gradient"], help="xgblora's booster init")
+    parser.add_argument("--booster-init", default=PRESETS["xgblora"].booster_init, choices=["random", "gradient"],
+                        help="xgblora's booster init (default: the preset's)")
     parser.add_argument("--block-schedule", default="random", choices=["random", "gradient", "gradient_sample"],
                         help="xgblora's block choice")
     parser.add_argument("--init-batches", type=int, default=1, help="micro-batches of xgblora's probe")
