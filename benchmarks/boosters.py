@@ -28,6 +28,8 @@ from pathlib import Path
 
 from benchmarks.lib import (
     GLUE_DIR,
+    OLD_KEYS,
+    OLD_RATES,
     ROOT,
     Runner,
     TaskBudget,
@@ -91,9 +93,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # The study's baseline, held fixed whatever the shipped presets become: each method's rate and init as they were
-# before it (xgblora and the control: random V at 1e-2; lora: 1e-3), so that a recorded run and a rerun agree.
-BASE_RATES = {"xgblora": 1e-2, "control": 1e-2, "lora": 1e-3}
-BASE_KEYS = {"xgblora": {"booster_init": "random"}, "control": {"booster_init": "random"}, "lora": {}}
+# before it (the control: xgblora's), so that a recorded run and a rerun agree.
+BASE_RATES = {**OLD_RATES, "control": OLD_RATES["xgblora"]}
+BASE_KEYS = {"xgblora": OLD_KEYS["xgblora"], "control": OLD_KEYS["xgblora"], "lora": {}}
 
 
 def rate(variant: str) -> float:

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from benchmarks.lib import (
     GLUE_DIR,
+    OLD_KEYS,
+    OLD_RATES,
     ROOT,
     Missing,
     Runner,
@@ -62,10 +64,8 @@ def parse_args() -> argparse.Namespace:
     return p.parse_args()
 
 
-# What these records were measured with, held fixed whatever the presets become: each method's rate, and
-# xgblora's random V (its preset has since moved to gradient-started boosters at 3e-3: docs/boosters.md).
-RATES = {"xgblora": 1e-2, "cola": 1e-3, "lora": 1e-3}
-FIXED = {"xgblora": {"booster_init": "random"}}
+# What these records were measured with, held fixed whatever the presets become (benchmarks.lib)
+RATES, FIXED = OLD_RATES, OLD_KEYS
 
 
 def extra(dtype: str) -> dict | None:

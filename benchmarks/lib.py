@@ -137,6 +137,12 @@ def run_name(method: str, lr: float, seed: int, extra: dict | None = None) -> st
     return f"{method}_lr{lr:g}_s{seed}{tag}"
 
 
+# The presets before the booster study (docs/boosters.md), which the recorded benchmark runs were measured with:
+# each method's rate, and the keys that hold xgblora's random V whatever the shipped presets become.
+OLD_RATES = {"xgblora": 1e-2, "cola": 1e-3, "lora": 1e-3}
+OLD_KEYS = {"xgblora": {"booster_init": "random"}}
+
+
 def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method: str, lr: float, seed: int,
               extra: dict | None = None, snapshots: int = 4, fixed: dict | None = None) -> dict:
     """Train (or reuse) one run; returns its directory, median step time, plan and trainable parameters per booster.
