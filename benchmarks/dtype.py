@@ -4,7 +4,9 @@ of benchmarks/quality.py).
 
 - Step time: measured in one invocation, in interleaved rounds (every (method, dtype) once, then again), each a
   fresh ``xgblora train`` of ``--steps`` steps (batch 8, 128 tokens, a new booster every 2 steps); the median step
-  after the first two, as float32's over bfloat16's per method: above 1, bf16 is faster. Each timed run is then
+  after the first two, as float32's over bfloat16's per method and round: above 1, bf16 is faster. Rounds repeat
+  (``--rounds`` at least, ``--max-rounds`` at most) until every method's per-round ratio has a known spread
+  (``benchmarks.lib.spread_known``); the table gives its median and range. Each timed run is then
   scored on ``--eval-limit`` validation questions (``xgblora eval``'s wall time, loading included), the other half
   of a benchmark's time. It depends on the CPU: bf16 matmuls are fast only with bf16 arithmetic (AMX or
   AVX512-BF16); the CPU's flags are printed with it.
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,9 @@ from benchmarks.lib import (
     Missing,
     Runner,
     cpu_bf16_flags,
+    as_ratio,
     spread,
+    spread_known,
     timed_steps,
     train_run,
     write_doc,
@@ -53,7 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=["xgblora", "lora"], choices=list(RATES))
     p.add_argument("--seeds", type=int, nargs="*", default=[0], help="seeds of the accuracy runs (none: step time only)")
     p.add_argument("--steps", type=int, default=8, help="steps of each timed run (the first two are not counted)")
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=2, help="rounds at least")
+    p.add_argument("--max-rounds", type=int, default=6, help="rounds at most while a speed-up's spread is wide")
     p.add_argument("--eval-limit", type=int, default=50, help="validation questions each timed run is scored on")
     p.add_argument("--glue", type=Path, default=GLUE_DIR)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_quality")
@@ -81,7 +85,9 @@ def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float
     if args.report_only:
         return times
     data = args.work / "sst2" / "train.jsonl"
-    for round_ in range(args.rounds):
+    for round_ in range(max(args.rounds, args.max_rounds)):
+        if round_ >= args.rounds and all(spread_known(per_round(times, method, ""), args.rounds) for method in args.methods):
+            break
         for method in args.methods:
             for dtype in DTYPES:
                 name = f"{method} {dtype}"
@@ -100,6 +106,12 @@ def step_times(args: argparse.Namespace, runner: Runner) -> dict[str, list[float
     return times
 
 
+def per_round(times: dict[str, list[float]], method: str, kind: str) -> list[float]:
+    """float32's seconds over bfloat16's, one ratio per round both measured (``kind``: "" steps, " eval" scoring)."""
+    fp32, bf16 = times.get(f"{method} float32{kind}", []), times.get(f"{method} bfloat16{kind}", [])
+    return [a / b for a, b in zip(fp32, bf16)]
+
+
 def accuracies(bench: TaskBench, args: argparse.Namespace, method: str, dtype: str) -> list[float | None]:
     """Validation accuracy (%) of the method's runs at its default rate, by seed (None: not finished)."""
     found: list[float | None] = []
@@ -114,19 +126,21 @@ def accuracies(bench: TaskBench, args: argparse.Namespace, method: str, dtype: s
 
 
 def table(methods: list[str], times: dict[str, list[float]], accs: dict[str, list[float | None]]) -> tuple[str, dict[str, float]]:
-    """The markdown table and the speed-up (float32 step over bfloat16 step, medians over rounds) per method."""
-    lines = ["| method (default rate) | dtype | s per step, by round | speed-up vs float32 | s to score (loading included), by round "
-             "| speed-up vs float32 | SST-2 val. accuracy | by seed |", "|---|---|---|---|---|---|---|---|"]
+    """The markdown table and the speed-up (float32 step over bfloat16 step, the median of one ratio per round) per
+    method."""
+    lines = ["| method (default rate) | dtype | s per step, by round | speed-up vs float32, median (range) | s to score (loading "
+             "included), by round | speed-up vs float32, median (range) | SST-2 val. accuracy | by seed |", "|---|---|---|---|---|---|---|---|"]
     speedups = {}
     for method in methods:
         for dtype in DTYPES:
             cells = []
             for kind in ("", " eval"):
-                own, fp32 = times.get(f"{method} {dtype}{kind}"), times.get(f"{method} float32{kind}")
-                ratio = statistics.median(fp32) / statistics.median(own) if fp32 and own else None
-                if ratio is not None and dtype != "float32" and not kind:
-                    speedups[method] = ratio
-                cells += [" / ".join(f"{s:.2f}" for s in own or []), f"{ratio:.2f}x" if ratio else "-"]
+                own, ratios = times.get(f"{method} {dtype}{kind}"), per_round(times, method, kind)
+                ratio = as_ratio(ratios) if ratios and dtype != "float32" else None
+                if ratio is not None and not kind:
+                    speedups[method] = ratio.median
+                cells += [" / ".join(f"{s:.2f}" for s in own or []),
+                          f"{ratio.median:.2f}x ({ratio.low:.2f}-{ratio.high:.2f})" if ratio else ("1x" if own else "-")]
             acc = accs.get(f"{method} {dtype}", [])
             done = [a for a in acc if a is not None]
             lines.append(f"| {method} ({RATES[method]:g}) | {dtype} | {' | '.join(cells)} "
@@ -134,11 +148,16 @@ def table(methods: list[str], times: dict[str, list[float]], accs: dict[str, lis
     return "\n".join(lines), speedups
 
 
+def rounds(record: dict) -> int:
+    """How many interleaved rounds the record's step times hold."""
+    return max((len(v) for v in record["times"].values()), default=0)
+
+
 def render(record: dict) -> tuple[str, dict[str, float]]:
     """The section from the record alone, and the speed-ups."""
     body, speedups = table(record["methods"], record["times"], record["accs"])
     return (f"Command: `{record['command']}`; this CPU's bf16 arithmetic: {', '.join(record['flags']) or 'none (bf16 is emulated)'}; "
-            f"{record['steps']}-step runs scored on {record['eval_limit']} questions, {record['rounds']} interleaved rounds; "
+            f"{record['steps']}-step runs scored on {record['eval_limit']} questions, {rounds(record)} interleaved rounds; "
             f"validation accuracy (%) at the SST-2 budget, seeds {' '.join(map(str, record['seeds'])) or 'none'}.\n\n{body}"), speedups
 
 

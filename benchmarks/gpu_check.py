@@ -137,9 +137,10 @@ def report_line(name: str, r: dict) -> str:
             f"(plan without runtime / measured = {ratio})")
 
 
-def merge_times(device: str, repeats: int) -> str:
+def merge_times(device: str, rounds: int) -> str:
+    """The merge benchmark's output at T = 1 and 1,000 on ``device``, ``rounds`` interleaved rounds at least."""
     done = subprocess.run([sys.executable, "-m", "benchmarks", "merge", "--device", device, "--boosters", "1,1000",
-                           "--repeats", str(repeats)], capture_output=True, text=True, cwd=ROOT)
+                           "--rounds", str(rounds)], capture_output=True, text=True, cwd=ROOT)
     return (done.stdout + done.stderr).strip()
 
 

@@ -287,17 +287,29 @@ class Ratio:
         return f"{self.median:.{digits}f} (range {self.low:.{digits}f}-{self.high:.{digits}f} over {self.rounds} rounds)"
 
 
+def spread_known(values: list[float], min_rounds: int, tolerance: float = 0.10) -> bool:
+    """Whether per-round ratios ``values`` pin their median: at least ``min_rounds`` of them, and their quartiles
+    within ``tolerance`` of the median."""
+    if len(values) < max(min_rounds, 2):
+        return False
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return (q3 - q1) <= tolerance * statistics.median(values)
+
+
+def as_ratio(values: list[float]) -> Ratio:
+    """Per-round ratios (at least one) as their median, quartiles and range."""
+    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0], 0, values[0])
+    return Ratio(statistics.median(values), min(values), max(values), q1, q3, len(values))
+
+
 def ratio_rounds(one_round: Callable[[int], float], min_rounds: int = 5, max_rounds: int = 15,
                  tolerance: float = 0.10) -> Ratio:
     """Repeat ``one_round(r)`` (one interleaved round: both sides measured back to back, returning their ratio)
-    until the spread is known: at least ``min_rounds``, then until the quartiles lie within ``tolerance`` of the
-    median (or ``max_rounds``). Under load a few rounds decide nothing; the median and range of many do."""
+    until the spread is known (:func:`spread_known`: at least ``min_rounds``, quartiles within ``tolerance`` of the
+    median) or ``max_rounds``. Under load a few rounds decide nothing; the median and range of many do."""
     values: list[float] = []
     for number in range(max_rounds):
         values.append(one_round(number))
-        if len(values) >= min_rounds:
-            q1, _, q3 = statistics.quantiles(values, n=4)
-            if (q3 - q1) <= tolerance * statistics.median(values):
-                break
-    q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0], 0, values[0])
-    return Ratio(statistics.median(values), min(values), max(values), q1, q3, len(values))
+        if spread_known(values, min_rounds, tolerance):
+            break
+    return as_ratio(values)

@@ -3,9 +3,12 @@
 Standard path: full logits ``hidden @ W^T`` for every row, ``F.cross_entropy`` and autograd's backward to the
 hidden states (what PEFT and the Hugging Face models do). Ours: ``loss.head_loss_sum`` (chunks of 1,024 rows,
 one ``exp`` pass, the hidden-state gradient formed in forward). Both compute the summed loss and the gradient
-for ``hidden``; the script checks they agree, then prints median seconds and ``loss_time_ratio_vs_standard``.
+for ``hidden``; the script checks they agree, then times them in interleaved rounds (a round: one call of each,
+the order alternating; the agreement check warms both up), repeated until the spread of the per-round ratio is known
+(``benchmarks.lib.ratio_rounds``), and prints median seconds and ``loss_time_ratio_vs_standard=X`` with
+``loss_time_ratio_range=LO-HI``.
 
-    .venv/bin/python -m benchmarks loss [--rows 2040] [--hidden 576] [--vocab 49152] [--repeats 5]
+    .venv/bin/python -m benchmarks loss [--rows 2040] [--hidden 576] [--vocab 49152] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks.lib import ratio_rounds
 from xgblora_cli.core.loss import head_loss_sum
 
 
@@ -35,13 +40,11 @@ def ours(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> tuple[
     return loss.detach(), h.grad
 
 
-def median_seconds(fn, repeats: int, *args) -> float:
-    times = []
-    for _ in range(repeats + 1):
-        started = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times[1:])  # the first call warms up
+def seconds(fn: Callable[..., object], *args: torch.Tensor) -> float:
+    """Wall seconds of one call."""
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -49,7 +52,7 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=2040, help="labelled positions (8 x 255 = SmolLM2 batch 8 x 256)")
     p.add_argument("--hidden", type=int, default=576)
     p.add_argument("--vocab", type=int, default=49152)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=5, help="rounds at least (up to 15 while the spread is wide)")
     args = p.parse_args()
     g = torch.Generator().manual_seed(0)
     head = nn.Linear(args.hidden, args.vocab, bias=False).requires_grad_(False)
@@ -58,10 +61,18 @@ def main() -> None:
     (loss_a, grad_a), (loss_b, grad_b) = standard(hidden, head, targets), ours(hidden, head, targets)
     if not (torch.allclose(loss_a, loss_b, rtol=1e-5) and torch.allclose(grad_a, grad_b, atol=1e-6, rtol=1e-4)):
         raise SystemExit("the two losses disagree")
-    a = median_seconds(standard, args.repeats, hidden, head, targets)
-    b = median_seconds(ours, args.repeats, hidden, head, targets)
-    print(f"rows={args.rows} hidden={args.hidden} vocab={args.vocab}: standard {a:.3f} s, ours {b:.3f} s")
-    print(f"loss_time_ratio_vs_standard={b / a:.3f}")
+    times: dict[str, list[float]] = {"standard": [], "ours": []}
+
+    def one_round(number: int) -> float:
+        for name in (("standard", "ours") if number % 2 == 0 else ("ours", "standard")):
+            times[name].append(seconds(standard if name == "standard" else ours, hidden, head, targets))
+        return times["ours"][-1] / times["standard"][-1]
+
+    ratio = ratio_rounds(one_round, min_rounds=args.rounds)
+    a, b = statistics.median(times["standard"]), statistics.median(times["ours"])
+    print(f"rows={args.rows} hidden={args.hidden} vocab={args.vocab}: standard {a:.3f} s, ours {b:.3f} s (medians)")
+    print(f"ours over standard, per round: {ratio.text(3)}")
+    print(f"loss_time_ratio_vs_standard={ratio.median:.3f} loss_time_ratio_range={ratio.low:.3f}-{ratio.high:.3f}")
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@ A synthetic base of k=4 blocks with LLaMA3-8B's shapes (``recipes/shapes/llama3-
 872M bf16 parameters, random values, no download) is written once as safetensors; the weights are bf16 on the
 device (``--device``: CUDA where present). After T recorded boosters each weight carries about
 ``R = T k / L`` stacked rank-1 factors (L = 32 blocks), and one merge of a k=4 booster recomputes the 28 weights
-it touched with the trainer's own ``merge.write_merged``. Median of ``--repeats`` merges; the paper's booster
-(50 steps of 0.62 s on a GPU) is the yardstick.
+it touched with the trainer's own ``merge.write_merged``. The T values are timed in interleaved rounds (a round: one
+merge at each T, the order alternating), and ``growth`` (the largest T's merge over the smallest's, one ratio per
+round) is repeated until its spread is known (``benchmarks.lib.ratio_rounds``, at least ``--rounds``); the paper's
+booster (50 steps of 0.62 s on a GPU) is the yardstick.
 
 The quantized part: at T = 1,000 every weight of every block holds R = 125 stacked fp32 factors; the script
 prints their memory over the 32 blocks, and the forward time of one block's seven projections on 512 tokens
 with such a hook against without it (dense stand-ins on the same device, as the hook's cost does not depend on
-how the base layer stores its weight).
+how the base layer stores its weight), in interleaved rounds the same way. Ends with ``growth=X growth_range=LO-HI``
+and ``hook_forward_ratio=Y hook_forward_range=LO-HI``.
 
-    .venv/bin/python -m benchmarks merge [--device auto] [--repeats 3]
+    .venv/bin/python -m benchmarks merge [--device auto] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from benchmarks.lib import Ratio, ratio_rounds
 from xgblora_cli.common.runtime import pick_device
 from xgblora_cli.core.merge import FactorStack, write_merged
 from xgblora_cli.core.record import BoosterFactors
@@ -79,53 +84,64 @@ def stack_at(weights: dict[str, tuple[int, int]], rank: int) -> FactorStack:
     return stack
 
 
-def time_merge(model: nn.Module, base: BaseWeights, stack: FactorStack, names: list[str], device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        write_merged(model, base, stack, names)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def synchronized_seconds(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of one ``fn()``, the device's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
-def hook_cost(config: dict, rank: int, device: torch.device, tokens: int = 512, repeats: int = 5) -> tuple[float, float]:
+def merge_growth(model: nn.Module, base: BaseWeights, stacks: dict[int, FactorStack], names: list[str], device: torch.device,
+                 rounds: int) -> tuple[dict[int, list[float]], Ratio]:
+    """Seconds of one merge at each T (by round) and the growth ratio (largest T over smallest, per round)."""
+    times: dict[int, list[float]] = {t: [] for t in stacks}
+    first, last = min(stacks), max(stacks)
+
+    def one_round(number: int) -> float:
+        for t in (sorted(stacks) if number % 2 == 0 else sorted(stacks, reverse=True)):
+            times[t].append(synchronized_seconds(lambda: write_merged(model, base, stacks[t], names), device))
+        print("  round " + str(number + 1) + ": " + "  ".join(f"T={t} {s[-1]:.3f} s" for t, s in times.items()), flush=True)
+        return times[last][-1] / times[first][-1]
+
+    return times, ratio_rounds(one_round, min_rounds=rounds, max_rounds=max(rounds, 8))
+
+
+def hook_cost(config: dict, rank: int, device: torch.device, rounds: int, tokens: int = 512) -> tuple[float, Ratio]:
     """(GiB of stacked fp32 factors over all blocks at ``rank``, forward-time ratio of one block's projections
-    with the merged-factor hook against without)."""
+    with the merged-factor hook against without, per interleaved round)."""
     weights = shapes(config, 1)
     per_block = sum(rank * (d_out + d_in) * 4 for d_out, d_in in weights.values())
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    layers = {name: nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype).requires_grad_(False)
-              for name, (d_out, d_in) in weights.items()}
+    generator = torch.Generator().manual_seed(2)
+    sides = {side: {name: nn.Linear(d_in, d_out, bias=False, device=device, dtype=dtype).requires_grad_(False)
+                    for name, (d_out, d_in) in weights.items()} for side in ("bare", "hooked")}
+    for (d_out, d_in), layer in zip(weights.values(), sides["hooked"].values()):
+        set_merged(layer, 1e-4 * torch.randn(d_out, rank, generator=generator), torch.randn(rank, d_in, generator=generator))
     x = {name: torch.randn(tokens, d_in, device=device, dtype=dtype) for name, (_, d_in) in weights.items()}
 
-    def forward_s() -> float:
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            started = time.perf_counter()
-            with torch.no_grad():
-                for name, layer in layers.items():
-                    layer(x[name])
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - started)
-        return statistics.median(times)
+    def forward(side: str) -> None:
+        with torch.no_grad():
+            for name, layer in sides[side].items():
+                layer(x[name])
 
-    bare = forward_s()
-    for (d_out, d_in), layer in zip(weights.values(), layers.values()):
-        set_merged(layer, 1e-4 * torch.randn(d_out, rank), torch.randn(rank, d_in))
-    return per_block * config["num_hidden_layers"] / 2**30, forward_s() / bare
+    forward("bare"), forward("hooked")  # warm-up
+
+    def one_round(number: int) -> float:
+        seconds = {side: synchronized_seconds(lambda: forward(side), device)
+                   for side in (("bare", "hooked") if number % 2 == 0 else ("hooked", "bare"))}
+        return seconds["hooked"] / seconds["bare"]
+
+    return per_block * config["num_hidden_layers"] / 2**30, ratio_rounds(one_round, min_rounds=5)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="auto")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="rounds at least (up to 8 while the spread is wide)")
     p.add_argument("--boosters", default="1,100,1000", help="T values")
     p.add_argument("--k", type=int, default=4)
     args = p.parse_args()
@@ -134,25 +150,25 @@ def main() -> None:
     weights = shapes(config, args.k)
     layers = config["num_hidden_layers"]
     print(f"{len(weights)} weights, {sum(a * b for a, b in weights.values()) / 1e6:.0f}M bf16 parameters, merged on {device}", flush=True)
-    results = {}
+    ranks = {int(t): max(1, round(int(t) * args.k / layers)) for t in args.boosters.split(",")}
     with tempfile.TemporaryDirectory() as tmp:
         write_base(Path(tmp), weights)
         base = BaseWeights(Path(tmp))
         model = holder(weights, device, torch.bfloat16)
-        for boosters in (int(t) for t in args.boosters.split(",")):
-            rank = max(1, round(boosters * args.k / layers))
-            results[boosters] = time_merge(model, base, stack_at(weights, rank), list(weights), device, args.repeats)
-            print(f"T={boosters:>5}  R={rank:>4} factors per weight  merge {results[boosters]:.3f} s  "
-                  f"({100 * results[boosters] / PAPER_BOOSTER_S:.2f}% of a {PAPER_BOOSTER_S:.0f} s booster)", flush=True)
-    first, last = results[min(results)], results[max(results)]
-    print(" ".join(f"merge_s_T{t}={s:.3f}" for t, s in results.items())
-          + f" growth={last / first:.2f} booster_fraction_T{max(results)}={last / PAPER_BOOSTER_S:.4f}")
-    rank = max(1, round(max(results) * args.k / layers))
-    gib, ratio = hook_cost(config, rank, device)
-    print(f"quantized base at T={max(results)}: merged factors {gib:.2f} GiB over {layers} blocks (R={rank}), "
-          f"block forward with the hook {ratio:.2f}x without")
-    print(f"hook_gib_T{max(results)}={gib:.2f} hook_forward_ratio={ratio:.2f}")
-
+        times, growth = merge_growth(model, base, {t: stack_at(weights, r) for t, r in ranks.items()}, list(weights), device, args.rounds)
+    for boosters, rank in ranks.items():
+        median = statistics.median(times[boosters])
+        print(f"T={boosters:>5}  R={rank:>4} factors per weight  merge {median:.3f} s (median of {len(times[boosters])})  "
+              f"({100 * median / PAPER_BOOSTER_S:.2f}% of a {PAPER_BOOSTER_S:.0f} s booster)", flush=True)
+    last = max(ranks)
+    print(f"growth, T={last} over T={min(ranks)} per round: {growth.text(2)}")
+    print(" ".join(f"merge_s_T{t}={statistics.median(s):.3f}" for t, s in times.items())
+          + f" growth={growth.median:.2f} growth_range={growth.low:.2f}-{growth.high:.2f}"
+          + f" booster_fraction_T{last}={statistics.median(times[last]) / PAPER_BOOSTER_S:.4f}")
+    gib, ratio = hook_cost(config, ranks[last], device, args.rounds)
+    print(f"quantized base at T={last}: merged factors {gib:.2f} GiB over {layers} blocks (R={ranks[last]}), "
+          f"block forward with the hook over without, per round: {ratio.text(2)}")
+    print(f"hook_gib_T{last}={gib:.2f} hook_forward_ratio={ratio.median:.2f} hook_forward_range={ratio.low:.2f}-{ratio.high:.2f}")
 
 if __name__ == "__main__":
     main()

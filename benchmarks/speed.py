@@ -13,8 +13,9 @@ gives at the long-run mean depth. PEFT (benchmark-only dependency) uses its stan
 
 With a booster started from the gradient, each xgblora step carries its booster's probe over kappa (the ``probe``
 phase). Ends with ``step_time_ratio_vs_lora=X step_time_ratio_vs_lora_range=LO-HI`` (xgblora over our lora
-preset: the median and range of one ratio per interleaved round) and ``step_time_ratio_vs_peft=X
-peak_mem_ratio_vs_peft=Y`` (xgblora over PEFT LoRA r=8 on all blocks).
+preset: the median and range of one ratio per interleaved round, rounds repeated until that spread is known) and
+``step_time_ratio_vs_peft=X step_time_ratio_vs_peft_range=LO-HI peak_mem_ratio_vs_peft=Y`` (xgblora over PEFT LoRA
+r=8 on all blocks, per round the same way; memory: the peaks over all rounds).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from xgblora_cli.recipe import PRESETS
 
-from benchmarks.lib import ROOT
+from benchmarks.lib import ROOT, ratio_rounds
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -161,6 +162,34 @@ def step_at_mean_depth(steps: list[dict[str, float]], lowest: list[int], num_lay
     return fit.intercept + fit.slope * mean_lowest(num_layers, k)
 
 
+def run_round(args: argparse.Namespace, round_: int, methods: list[str], rows: dict[str, dict]) -> dict[str, dict]:
+    """One interleaved round: each method in its own fresh process, in turn; its steps pooled into ``rows``."""
+    for method in methods:
+        cmd = [sys.executable, "-m", "benchmarks", "speed", "--one", method, "--model", args.model, "--batch", str(args.batch),
+               "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--seed", str(round_),
+               "--booster-init", args.booster_init, "--block-schedule", args.block_schedule,
+               "--init-batches", str(args.init_batches), "--kappa", str(args.kappa), "--dtype", args.dtype]
+        cmd += ["--checkpointing"] if args.checkpointing else []
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if out.returncode != 0:
+            sys.exit(f"{method} failed:\n{out.stderr[-2000:]}")
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{method:>8} round {round_ + 1}: median step {medians(result['steps'])['step']:.2f} s   "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB (after model load {result['rss_after_load_mb']:.0f} MB)", flush=True)
+        row = rows.setdefault(method, {"steps": [], "lowest_blocks": [], "peak_rss_mb": 0.0, "round_medians": []})
+        row["round_medians"].append(medians(result["steps"])["step"])
+        row["steps"] += result["steps"]
+        row["lowest_blocks"] += result["lowest_blocks"]
+        row["num_layers"] = result["num_layers"]
+        row["peak_rss_mb"] = max(row["peak_rss_mb"], result["peak_rss_mb"])
+    return rows
+
+
+def xgblora_over_lora(rows: dict[str, dict]) -> float:
+    """The latest round's xgblora median step over lora's."""
+    return rows["xgblora"]["round_medians"][-1] / rows["lora"]["round_medians"][-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="xgblora vs lora preset vs PEFT LoRA: step time and peak memory")
     parser.add_argument("--model", default="smollm2-135m")
@@ -177,7 +206,9 @@ def main() -> None:
     parser.add_argument("--kappa", type=int, default=10, help="steps per booster: a probe's cost is divided by it")
     parser.add_argument("--methods", default="xgblora,lora,peft")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="the base weights' dtype (adapters fp32)")
-    parser.add_argument("--rounds", type=int, default=2, help="fresh processes per method, interleaved; medians pool all")
+    parser.add_argument("--rounds", type=int, default=2, help="fresh processes per method, interleaved; medians pool all "
+                        "(with xgblora and lora: rounds at least, repeated while the spread of their ratio is wide)")
+    parser.add_argument("--max-rounds", type=int, default=8, help="rounds at most while the spread is wide")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -185,31 +216,20 @@ def main() -> None:
         print(json.dumps(run_one(args.one, args)))
         return
     rows: dict[str, dict] = {}
-    for round_ in range(args.rounds):  # interleaved rounds, so a change in background load hits every method alike
-        for method in args.methods.split(","):
-            cmd = [sys.executable, "-m", "benchmarks", "speed", "--one", method, "--model", args.model, "--batch", str(args.batch),
-                   "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--seed", str(round_),
-                   "--booster-init", args.booster_init, "--block-schedule", args.block_schedule,
-                   "--init-batches", str(args.init_batches), "--kappa", str(args.kappa), "--dtype", args.dtype]
-            cmd += ["--checkpointing"] if args.checkpointing else []
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-            if out.returncode != 0:
-                sys.exit(f"{method} failed:\n{out.stderr[-2000:]}")
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{method:>8} round {round_ + 1}: median step {medians(result['steps'])['step']:.2f} s   "
-                  f"peak RSS {result['peak_rss_mb']:.0f} MB (after model load {result['rss_after_load_mb']:.0f} MB)", flush=True)
-            row = rows.setdefault(method, {"steps": [], "lowest_blocks": [], "peak_rss_mb": 0.0, "round_medians": []})
-            row["round_medians"].append(medians(result["steps"])["step"])
-            row["steps"] += result["steps"]
-            row["lowest_blocks"] += result["lowest_blocks"]
-            row["num_layers"] = result["num_layers"]
-            row["peak_rss_mb"] = max(row["peak_rss_mb"], result["peak_rss_mb"])
+    methods = args.methods.split(",")
+    if "xgblora" in methods and "lora" in methods:  # one ratio per interleaved round, repeated until its spread is known
+        ratio = ratio_rounds(lambda number: xgblora_over_lora(run_round(args, number, methods, rows)),
+                             min_rounds=args.rounds, max_rounds=max(args.rounds, args.max_rounds))
+    else:
+        ratio = None
+        for round_ in range(args.rounds):
+            run_round(args, round_, methods, rows)
     for method, row in rows.items():
         row |= medians(row["steps"])
         phases = "  ".join(f"{phase} {row[phase]:.2f}" for phase in PHASES)
         print(f"{method:>8}: median step {row['step']:.2f} s over {len(row['steps'])} steps ({phases})   "
               f"peak RSS {row['peak_rss_mb']:.0f} MB")
-    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={args.rounds} k={args.k} "
+    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={len(next(iter(rows.values()))['round_medians'])} k={args.k} "
           f"checkpointing={args.checkpointing} dtype={args.dtype}")
     if "xgblora" in rows:
         x = rows["xgblora"]
@@ -218,15 +238,13 @@ def main() -> None:
         if fitted is not None and "peft" in rows:
             print(f"xgblora step at the long-run mean depth (line fit over the timed steps): {fitted:.2f} s, "
                   f"{fitted / rows['peft']['step']:.3f}x PEFT's median")
-    if "xgblora" in rows and "lora" in rows:  # one ratio per interleaved round: its median and range
-        per_round = sorted(x / lo for x, lo in zip(rows["xgblora"]["round_medians"], rows["lora"]["round_medians"]))
-        print(f"xgblora step over lora's, per round (probe included, over kappa {args.kappa}): median "
-              f"{statistics.median(per_round):.3f}, range {per_round[0]:.3f}-{per_round[-1]:.3f} over {len(per_round)} rounds")
-        print(f"step_time_ratio_vs_lora={statistics.median(per_round):.3f} "
-              f"step_time_ratio_vs_lora_range={per_round[0]:.3f}-{per_round[-1]:.3f}")
+    if ratio is not None:
+        print(f"xgblora step over lora's, per round (probe included, over kappa {args.kappa}): {ratio.text(3)}")
+        print(f"step_time_ratio_vs_lora={ratio.median:.3f} step_time_ratio_vs_lora_range={ratio.low:.3f}-{ratio.high:.3f}")
     if "xgblora" in rows and "peft" in rows:
         x, p = rows["xgblora"], rows["peft"]
-        print(f"step_time_ratio_vs_peft={x['step'] / p['step']:.3f} "
+        per_round = sorted(a / b for a, b in zip(x["round_medians"], p["round_medians"]))
+        print(f"step_time_ratio_vs_peft={statistics.median(per_round):.3f} step_time_ratio_vs_peft_range={per_round[0]:.3f}-{per_round[-1]:.3f} "
               f"peak_mem_ratio_vs_peft={x['peak_rss_mb'] / p['peak_rss_mb']:.3f}")
 
 

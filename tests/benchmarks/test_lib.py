@@ -78,3 +78,10 @@ def test_train_run_holds_fixed_keys_out_of_the_name_and_resumes_a_killed_run(tmp
     again = FakeRunner()
     benchlib.train_run(again, tmp_path, budget, tmp_path / "d.jsonl", "xgblora", 3e-3, 0, {"shrinkage": 0.5})
     assert again.calls == []  # a finished run is reused
+
+
+def test_spread_known_needs_enough_rounds_and_tight_quartiles() -> None:
+    assert not benchlib.spread_known([1.0, 1.0], min_rounds=3)
+    assert benchlib.spread_known([1.0, 1.01, 0.99], min_rounds=3)
+    assert not benchlib.spread_known([1.0, 1.5, 0.6, 1.2], min_rounds=3)
+    assert benchlib.as_ratio([3.0]).median == 3.0 and benchlib.as_ratio([1.0, 3.0, 2.0]).low == 1.0
