@@ -131,3 +131,29 @@ def test_a_booster_started_from_the_gradient_is_planned_with_its_probe() -> None
     deep = plan_json(recipe, "booster_init=gradient", "init_batches=4", "block_schedule=gradient")
     assert shallow["components"]["probe"] == 0  # one micro-batch's flows of 4 blocks: less than the adapters' activations
     assert deep["components"]["probe"] > GIB and deep["peak_bytes"] == plain["peak_bytes"] + deep["components"]["probe"]
+
+
+def test_the_probes_flows_count_gy_beyond_a_blocks_activations_and_earlier_micro_batches_whole() -> None:
+    """A booster over every block started along the gradient (no checkpointing): the X of every block is held on
+    top of the saved activations, the last micro-batch's Gy only where it exceeds a block's activations (it arrives
+    as the blocks above free theirs), an earlier micro-batch's flows whole."""
+    from xgblora_cli.plan import Shape, flow_bytes, frozen_block_bytes, probe_bytes
+    from xgblora_cli.recipe import BoosterPlan
+
+    s = Shape(layers=8, hidden=512, intermediate=1536, heads=8, kv_width=256, vocab=16000, params=0, root_params=0,
+              block_linear_params=0, block_linear_rows=0)
+    tokens, b = 2048, 4
+    x, gy = flow_bytes(s, b)
+    block = frozen_block_bytes(s, b)
+    assert gy < block  # this shape: Gy fits inside what the freed blocks held
+
+    def plan(init: str, batches: int = 1) -> BoosterPlan:
+        return BoosterPlan(8, 16.0, 8, 1, 3, 8, booster_init=init, init_batches=batches)
+
+    assert probe_bytes(plan("random"), s, b, tokens, False) == 0  # no probe at all
+    one = probe_bytes(plan("gradient"), s, b, tokens, False)
+    assert one == int(tokens * (8 * block + 8 * x))
+    two = probe_bytes(plan("gradient", 2), s, b, tokens, False)
+    assert two - one == pytest.approx(tokens * 8 * (x + gy), abs=2)
+    checkpointed = probe_bytes(plan("gradient"), s, b, tokens, True)
+    assert checkpointed == int(tokens * (8 * s.hidden * b + block + 8 * (x + gy)))  # every flow whole

@@ -128,16 +128,29 @@ def sharded_weight_bytes(s: Shape, b: int, world: int, quantization: str = "none
     return int(block_bytes / world + s.root_params * b + 2 * block_bytes / s.layers * (world - 1) / world + dequantized)
 
 
+def flow_bytes(s: Shape, b: int) -> tuple[float, float]:
+    """Bytes per token of one adapted block's flows as the gradient probe keeps them: (X, the inputs of q/k/v, o,
+    gate/up and down; Gy, the output gradients of all seven projections)."""
+    return (3 * s.hidden + s.intermediate) * b, (3 * s.hidden + 2 * s.kv_width + 2 * s.intermediate) * b
+
+
 def probe_bytes(plan: BoosterPlan, s: Shape, b: int, tokens: int, checkpointing: bool) -> int:
     """Bytes a booster's start holds at its peak besides what a step also holds (weights, loss, transient): the
-    probe's activations (no adapter, from block 0 up) and its flows or Gram matrices (0 without a probe)."""
+    probe's activations (no adapter, from block 0 up) and its flows or Gram matrices (0 without a probe).
+
+    The flows of ``init_batches`` micro-batches: X of every adapted block is held from its forward on, beside the
+    saved activations. A block's Gy arrives in backward while the blocks above it have freed theirs, so in the
+    last micro-batch it adds to the peak only where it is larger than a block's saved activations; earlier
+    micro-batches' flows are held whole. With checkpointing, every flow is counted whole."""
     if not plan.probes:
         return 0
-    per_token = s.layers * s.hidden * b + frozen_block_bytes(s, b) if checkpointing else s.layers * frozen_block_bytes(s, b)
-    held = tokens * per_token
-    if plan.booster_init == "gradient":  # X (q/k/v, o, gate/up, down inputs) and Gy of k blocks, init_batches deep
-        per_block = (3 * s.hidden + s.intermediate) + (3 * s.hidden + 2 * s.kv_width + 2 * s.intermediate)
-        held += plan.init_batches * plan.layers_per_booster * tokens * per_block * b
+    block = frozen_block_bytes(s, b)
+    held = tokens * (s.layers * s.hidden * b + block if checkpointing else s.layers * block)
+    if plan.booster_init == "gradient":
+        x, gy = flow_bytes(s, b)
+        n, k = plan.init_batches, plan.layers_per_booster
+        last_gy = gy if checkpointing else max(0.0, gy - block)
+        held += k * tokens * (n * x + (n - 1) * gy + last_gy)
     if plan.probes_blocks:  # an n x n fp32 Gram per block input (4 a block), all blocks at once
         held += 4 * s.layers * tokens * tokens * 4
     return int(held)
