@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.lib import ROOT, ratio_rounds
+from benchmarks.lib import ROOT, interleaved, ratio_rounds
 from xgblora_cli.core.opening import open_target
 from xgblora_cli.export.merged_folder import merge_run
 from xgblora_cli.generation.engine import (
@@ -73,7 +73,7 @@ def main() -> None:
     answers: dict[str, list] = {"run": [], "merged": []}
 
     def one_round(number: int) -> float:
-        for name in (("run", "merged") if number % 2 == 0 else ("merged", "run")):
+        for name in interleaved(["run", "merged"], number):
             answers[name].append(stream(opened[name].model, opened[name].tokenizer, ids, fixed, lambda text: None))
         return answers["run"][-1].tokens_per_s / answers["merged"][-1].tokens_per_s
 

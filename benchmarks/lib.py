@@ -18,12 +18,15 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import yaml
 
 from xgblora_cli.evaluation.tasks.glue import GLUE, read_tsv, to_record
 from xgblora_cli.recipe_file import apply_override
+
+if TYPE_CHECKING:
+    import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
@@ -300,6 +303,26 @@ def as_ratio(values: list[float]) -> Ratio:
     """Per-round ratios (at least one) as their median, quartiles and range."""
     q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0], 0, values[0])
     return Ratio(statistics.median(values), min(values), max(values), q1, q3, len(values))
+
+
+def interleaved(sides: list, number: int) -> list:
+    """``sides`` in the order round ``number`` measures them: as given in even rounds, reversed in odd ones, so that
+    neither side always runs first (warm caches, load drift)."""
+    return list(sides) if number % 2 == 0 else list(reversed(sides))
+
+
+def timed(fn: Callable[[], object], device: torch.device | None = None) -> float:
+    """Wall seconds of one ``fn()``; on a CUDA ``device`` its queue drained before and after."""
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        import torch  # here, not at the top: rendering tables needs no torch
+
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started
 
 
 def ratio_rounds(one_round: Callable[[int], float], min_rounds: int = 5, max_rounds: int = 15,

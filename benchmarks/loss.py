@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.lib import ratio_rounds
+from benchmarks.lib import interleaved, ratio_rounds, timed
 from xgblora_cli.core.loss import head_loss_sum
 
 
@@ -38,13 +36,6 @@ def ours(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> tuple[
     loss = head_loss_sum(head, h, targets)
     loss.backward()
     return loss.detach(), h.grad
-
-
-def seconds(fn: Callable[..., object], *args: torch.Tensor) -> float:
-    """Wall seconds of one call."""
-    started = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -64,8 +55,9 @@ def main() -> None:
     times: dict[str, list[float]] = {"standard": [], "ours": []}
 
     def one_round(number: int) -> float:
-        for name in (("standard", "ours") if number % 2 == 0 else ("ours", "standard")):
-            times[name].append(seconds(standard if name == "standard" else ours, hidden, head, targets))
+        for name in interleaved(["standard", "ours"], number):
+            fn = standard if name == "standard" else ours
+            times[name].append(timed(lambda fn=fn: fn(hidden, head, targets)))
         return times["ours"][-1] / times["standard"][-1]
 
     ratio = ratio_rounds(one_round, min_rounds=args.rounds)

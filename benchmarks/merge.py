@@ -25,14 +25,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from benchmarks.lib import Ratio, ratio_rounds
+from benchmarks.lib import Ratio, interleaved, ratio_rounds, timed
 from xgblora_cli.common.runtime import pick_device
 from xgblora_cli.core.merge import FactorStack, write_merged
 from xgblora_cli.core.record import BoosterFactors
@@ -84,17 +82,6 @@ def stack_at(weights: dict[str, tuple[int, int]], rank: int) -> FactorStack:
     return stack
 
 
-def synchronized_seconds(fn: Callable[[], object], device: torch.device) -> float:
-    """Wall seconds of one ``fn()``, the device's queue drained before and after."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
-
-
 def merge_growth(model: nn.Module, base: BaseWeights, stacks: dict[int, FactorStack], names: list[str], device: torch.device,
                  rounds: int) -> tuple[dict[int, list[float]], Ratio]:
     """Seconds of one merge at each T (by round) and the growth ratio (largest T over smallest, per round)."""
@@ -102,15 +89,15 @@ def merge_growth(model: nn.Module, base: BaseWeights, stacks: dict[int, FactorSt
     first, last = min(stacks), max(stacks)
 
     def one_round(number: int) -> float:
-        for t in (sorted(stacks) if number % 2 == 0 else sorted(stacks, reverse=True)):
-            times[t].append(synchronized_seconds(lambda: write_merged(model, base, stacks[t], names), device))
+        for t in interleaved(sorted(stacks), number):
+            times[t].append(timed(lambda t=t: write_merged(model, base, stacks[t], names), device))
         print("  round " + str(number + 1) + ": " + "  ".join(f"T={t} {s[-1]:.3f} s" for t, s in times.items()), flush=True)
         return times[last][-1] / times[first][-1]
 
     return times, ratio_rounds(one_round, min_rounds=rounds, max_rounds=max(rounds, 8))
 
 
-def hook_cost(config: dict, rank: int, device: torch.device, rounds: int, tokens: int = 512) -> tuple[float, Ratio]:
+def hook_cost(config: dict, rank: int, device: torch.device, tokens: int = 512) -> tuple[float, Ratio]:
     """(GiB of stacked fp32 factors over all blocks at ``rank``, forward-time ratio of one block's projections
     with the merged-factor hook against without, per interleaved round)."""
     weights = shapes(config, 1)
@@ -131,8 +118,7 @@ def hook_cost(config: dict, rank: int, device: torch.device, rounds: int, tokens
     forward("bare"), forward("hooked")  # warm-up
 
     def one_round(number: int) -> float:
-        seconds = {side: synchronized_seconds(lambda: forward(side), device)
-                   for side in (("bare", "hooked") if number % 2 == 0 else ("hooked", "bare"))}
+        seconds = {side: timed(lambda side=side: forward(side), device) for side in interleaved(["bare", "hooked"], number)}
         return seconds["hooked"] / seconds["bare"]
 
     return per_block * config["num_hidden_layers"] / 2**30, ratio_rounds(one_round, min_rounds=5)
@@ -165,10 +151,11 @@ def main() -> None:
     print(" ".join(f"merge_s_T{t}={statistics.median(s):.3f}" for t, s in times.items())
           + f" growth={growth.median:.2f} growth_range={growth.low:.2f}-{growth.high:.2f}"
           + f" booster_fraction_T{last}={statistics.median(times[last]) / PAPER_BOOSTER_S:.4f}")
-    gib, ratio = hook_cost(config, ranks[last], device, args.rounds)
+    gib, ratio = hook_cost(config, ranks[last], device)
     print(f"quantized base at T={last}: merged factors {gib:.2f} GiB over {layers} blocks (R={ranks[last]}), "
           f"block forward with the hook over without, per round: {ratio.text(2)}")
     print(f"hook_gib_T{last}={gib:.2f} hook_forward_ratio={ratio.median:.2f} hook_forward_range={ratio.low:.2f}-{ratio.high:.2f}")
+
 
 if __name__ == "__main__":
     main()

@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.lib import Ratio, ratio_rounds
+from benchmarks.lib import Ratio, interleaved, ratio_rounds
 from xgblora_cli.core.boosting import BoostingEngine
 from xgblora_cli.core.loss import causal_lm_loss
 from xgblora_cli.core.train import make_optimizer
@@ -64,9 +64,8 @@ def measure(model, engine, tokenizer, records: list[dict], args: argparse.Namesp
     results: dict[str, list] = {"padded": [], "packed": []}
 
     def one_round(number: int) -> float:
-        kinds = ("padded", "packed") if number % 2 == 0 else ("packed", "padded")
         rate = {}
-        for kind in kinds:
+        for kind in interleaved(["padded", "packed"], number):
             timed = step_rate(model, engine, [streams[kind].batch(number + 1)])
             results[kind] += timed
             rate[kind] = timed[0][1] / timed[0][0]

@@ -32,7 +32,7 @@ import torch
 
 from xgblora_cli.recipe import PRESETS
 
-from benchmarks.lib import ROOT, ratio_rounds
+from benchmarks.lib import ROOT, as_ratio, ratio_rounds
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -243,8 +243,8 @@ def main() -> None:
         print(f"step_time_ratio_vs_lora={ratio.median:.3f} step_time_ratio_vs_lora_range={ratio.low:.3f}-{ratio.high:.3f}")
     if "xgblora" in rows and "peft" in rows:
         x, p = rows["xgblora"], rows["peft"]
-        per_round = sorted(a / b for a, b in zip(x["round_medians"], p["round_medians"]))
-        print(f"step_time_ratio_vs_peft={statistics.median(per_round):.3f} step_time_ratio_vs_peft_range={per_round[0]:.3f}-{per_round[-1]:.3f} "
+        vs_peft = as_ratio([a / b for a, b in zip(x["round_medians"], p["round_medians"])])
+        print(f"step_time_ratio_vs_peft={vs_peft.median:.3f} step_time_ratio_vs_peft_range={vs_peft.low:.3f}-{vs_peft.high:.3f} "
               f"peak_mem_ratio_vs_peft={x['peak_rss_mb'] / p['peak_rss_mb']:.3f}")
 
 

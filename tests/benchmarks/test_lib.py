@@ -85,3 +85,11 @@ def test_spread_known_needs_enough_rounds_and_tight_quartiles() -> None:
     assert benchlib.spread_known([1.0, 1.01, 0.99], min_rounds=3)
     assert not benchlib.spread_known([1.0, 1.5, 0.6, 1.2], min_rounds=3)
     assert benchlib.as_ratio([3.0]).median == 3.0 and benchlib.as_ratio([1.0, 3.0, 2.0]).low == 1.0
+
+
+def test_interleaved_alternates_which_side_goes_first_and_timed_measures_one_call() -> None:
+    assert benchlib.interleaved(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert benchlib.interleaved(["a", "b", "c"], 1) == ["c", "b", "a"]
+    calls: list[int] = []
+    seconds = benchlib.timed(lambda: calls.append(1) or sum(range(100_000)))
+    assert calls == [1] and seconds > 0
