@@ -65,6 +65,13 @@ VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
                                    {"booster_init": "gradient", "block_schedule": "gradient"}),
     "gradinit_gradblocks": ("V from the gradient, blocks by gradient norm", "xgblora", None,
                             {"booster_init": "gradient", "block_schedule": "gradient"}),
+    "gradinit_lr1.5e-3": ("V from the gradient, rate 1.5e-3", "xgblora", 1.5e-3, {"booster_init": "gradient"}),
+    "gradinit_k8_lr3e-3": ("V from the gradient, 8 blocks a booster, rate 3e-3", "xgblora", 3e-3,
+                           {"booster_init": "gradient", "layers_per_booster": 8}),
+    "gradinit_kappa5_lr3e-3": ("V from the gradient, kappa 5, rate 3e-3", "xgblora", 3e-3,
+                               {"booster_init": "gradient", "steps_per_booster": 5}),
+    "gradinit_r2_lr3e-3": ("V from the gradient, rank 2, rate 3e-3", "xgblora", 3e-3,
+                           {"booster_init": "gradient", "rank": 2}),
     "lora": ("lora preset", "lora", None, {}),
     "control": ("one never-merged rank-1 booster", "control", None, {}),
 }
