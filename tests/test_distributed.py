@@ -31,6 +31,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def leave_rank(ranks: Ranks) -> None:
+    """End a spawned rank whose results are saved: leave the process group, then exit without interpreter teardown,
+    where gloo's threads sometimes abort a finished process (SIGABRT, "terminate called without an active
+    exception"), which fails ``mp.spawn`` after the work is done (what ``runtime.exit_worker`` does for torchrun)."""
+    from xgblora_cli.common.runtime import shutdown
+
+    shutdown(ranks)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def final_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -39,12 +51,12 @@ def _worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> No
     """One data-parallel rank: train through start_run's pieces, then save the weights it ended with."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from xgblora_cli.common.runtime import init_from_env, shutdown
+    from xgblora_cli.common.runtime import init_from_env
 
     ranks = init_from_env("cpu")
     setup, _ = train_in_memory(recipe_dict, ranks)
     torch.save(final_weights(setup.model), Path(out) / f"rank{rank}.pt")
-    shutdown(ranks)
+    leave_rank(ranks)
 
 
 def test_two_ranks_merge_identically_and_match_one_process(tmp_path: Path, tiny_model_dir: Path) -> None:

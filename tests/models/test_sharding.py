@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.conftest import ROOT, run_cli, tiny_recipe, train_in_memory, write_recipe
-from tests.test_distributed import free_port
+from tests.test_distributed import free_port, leave_rank
 from xgblora_cli.common.errors import UserError
 from xgblora_cli.core.record import Record
 from xgblora_cli.core.rundir import RunDir
@@ -37,14 +37,14 @@ def test_rows_split_like_torch_chunk() -> None:
 def _worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> None:
     """One rank of a sharded run: train, then save its own shards and the reassembled full weights."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from xgblora_cli.common.runtime import init_from_env, shutdown
+    from xgblora_cli.common.runtime import init_from_env
 
     ranks = init_from_env("cpu")
     setup, _ = train_in_memory(recipe_dict, ranks)
     shards = {n: p.to_local().clone() for n, p in setup.model.named_parameters()}
     full = {n: p.full_tensor().clone() for n, p in setup.model.named_parameters()}
     torch.save({"shards": shards, "full": full}, Path(out) / f"rank{rank}.pt")
-    shutdown(ranks)
+    leave_rank(ranks)
 
 
 def test_two_sharded_ranks_equal_one_process(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -107,7 +107,7 @@ def test_torchrun_sharded_launch_and_resume_after_a_kill(quantization: str, tmp_
 def _nf4_worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -> None:
     """One rank of a sharded 4-bit run: train, then save which layers hold NF4 codes and this rank's share of them."""
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    from xgblora_cli.common.runtime import init_from_env, shutdown
+    from xgblora_cli.common.runtime import init_from_env
     from xgblora_cli.models.quantized import is_quantized
 
     ranks = init_from_env("cpu")
@@ -115,7 +115,7 @@ def _nf4_worker(rank: int, world: int, port: int, recipe_dict: dict, out: str) -
     codes = {name: (module.weight.to_local().quantized_data.numel(), module.weight.shape.numel())
              for name, module in setup.model.named_modules() if is_quantized(module)}
     torch.save(codes, Path(out) / f"codes{rank}.pt")
-    shutdown(ranks)
+    leave_rank(ranks)
 
 
 def _dequantized_copy(model_dir: Path, out: Path, world: int) -> tuple[Path, set[str]]:
