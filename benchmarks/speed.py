@@ -11,8 +11,9 @@ gives at the long-run mean depth. PEFT (benchmark-only dependency) uses its stan
     python -m benchmarks speed [--model smollm2-135m] [--batch 8] [--seq 256] [--steps 5] [--rounds 2] [--k 4]
         [--booster-init gradient] [--block-schedule gradient] [--init-batches 1] [--kappa 10] [--dtype bfloat16]
 
-With a booster started from the gradient, each xgblora step carries its booster's probe over kappa (the ``probe``
-phase). Ends with ``step_time_ratio_vs_lora=X step_time_ratio_vs_lora_range=LO-HI`` (xgblora over our lora
+With a booster started from the gradient, each xgblora step carries its booster's start over kappa (the ``probe``
+phase: V set inside the booster's first step, or a probe pass where ``--init-batches`` exceeds the step's one
+micro-batch or ``--block-schedule`` probes every block). Ends with ``step_time_ratio_vs_lora=X step_time_ratio_vs_lora_range=LO-HI`` (xgblora over our lora
 preset: the median and range of one ratio per interleaved round, rounds repeated until that spread is known) and
 ``step_time_ratio_vs_peft=X step_time_ratio_vs_peft_range=LO-HI peak_mem_ratio_vs_peft=Y`` (xgblora over PEFT LoRA
 r=8 on all blocks, per round the same way; memory: the peaks over all rounds).
@@ -52,30 +53,39 @@ def batch(vocab: int, size: int, seq: int):
 PHASES = ("forward+loss", "backward", "optimizer", "probe")
 
 
-def timed_step(forward, optimizer) -> dict[str, float]:
+def timed_step(forward, optimizer, after_backward=None) -> dict[str, float]:
     """One training step, timed by phase. ``forward()`` returns the loss; for the engine it also forms the
-    hidden-state gradient of the output head (loss.py), which PEFT leaves to its backward."""
+    hidden-state gradient of the output head (loss.py), which PEFT leaves to its backward. ``after_backward``
+    (a booster's first step setting V from the gradient) runs before the optimizer: the ``probe`` phase."""
     t0 = time.perf_counter()
     loss = forward()
     t1 = time.perf_counter()
     loss.backward()
     t2 = time.perf_counter()
+    if after_backward is not None:
+        after_backward()
+    t3 = time.perf_counter()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    t3 = time.perf_counter()
-    return dict(zip(PHASES, (t1 - t0, t2 - t1, t3 - t2, 0.0)))
+    t4 = time.perf_counter()
+    return dict(zip(PHASES, (t1 - t0, t2 - t1, t4 - t3, t3 - t2)))
 
 
 def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[str, float]], list[int]]:
     """xgblora or the lora preset, through the product's own engine and loss; also each step's lowest adapted
     block (backward runs from the head down to it, so it sets most of the spread between xgblora's steps). With
-    ``--booster-init gradient`` or ``--block-schedule gradient*`` each xgblora step also pays its booster's probe
-    divided by ``--kappa`` (a booster probes once, at its start): the ``probe`` phase."""
+    ``--block-schedule gradient*`` each xgblora step also pays its booster's probe through every block, and with
+    ``--booster-init gradient`` the setting of V inside the booster's first step (training's FirstStepInit: its
+    flows recorded in the step's forward and backward, then the power iteration), both divided by ``--kappa`` (a
+    booster does them once, at its start): the ``probe`` phase. Every timed step here is a booster's first, so
+    its forward and backward carry the recording hooks that training's other kappa - 1 steps do not."""
     from types import SimpleNamespace
 
     from xgblora_cli.core.boosting import BoostingEngine
     from xgblora_cli.core.loss import causal_lm_loss
-    from xgblora_cli.core.probe import BoosterProbe
+    from contextlib import nullcontext
+
+    from xgblora_cli.core.probe import BoosterProbe, FirstStepInit
     from xgblora_cli.core.train import make_optimizer
     from xgblora_cli.models.loading import find_blocks
     from xgblora_cli.recipe import BoosterPlan, TrainArgs
@@ -92,13 +102,17 @@ def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[s
     times, lowest = [], []
     for step in range(args.steps):
         blocks, init, probe_s = None, None, 0.0
-        if plan.probes:
+        fused = plan.booster_init == "gradient" and plan.init_batches <= 1  # as training: one micro-batch a step
+        if plan.probes_blocks or (plan.booster_init == "gradient" and not fused):
             started = time.perf_counter()
-            blocks, init = probe.start(step, 0)
+            blocks, init = probe.start(step, 0, directions=not fused)
             probe_s = time.perf_counter() - started
         booster = engine.start(step, 0, blocks, init)
+        first = FirstStepInit(probe, booster) if fused else None
         optimizer = make_optimizer(booster, TrainArgs(), 1e-4)
-        times.append({**timed_step(lambda: causal_lm_loss(model, data)[0], optimizer), "probe": probe_s / args.kappa})
+        with first if first is not None else nullcontext():
+            phases = timed_step(lambda: causal_lm_loss(model, data)[0], optimizer, first.apply if first else None)
+        times.append({**phases, "probe": (probe_s + phases["probe"]) / args.kappa})
         lowest.append(min(booster.blocks))
         engine.discard(booster)
     return times, lowest

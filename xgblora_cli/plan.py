@@ -141,7 +141,9 @@ def probe_bytes(plan: BoosterPlan, s: Shape, b: int, tokens: int, checkpointing:
     The flows of ``init_batches`` micro-batches: X of every adapted block is held from its forward on, beside the
     saved activations. A block's Gy arrives in backward while the blocks above it have freed theirs, so in the
     last micro-batch it adds to the peak only where it is larger than a block's saved activations; earlier
-    micro-batches' flows are held whole. With checkpointing, every flow is counted whole."""
+    micro-batches' flows are held whole. With checkpointing, every flow is counted whole. Where V is set inside the
+    booster's first step (``init_batches`` <= ``grad_accum``), the same flows sit beside that step's own
+    activations instead of a probe pass's; the estimate is the same (measured in docs/gpus.md)."""
     if not plan.probes:
         return 0
     block = frozen_block_bytes(s, b)

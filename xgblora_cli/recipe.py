@@ -176,7 +176,7 @@ class Recipe:
     booster_init: str | None = None
     """(unset: the preset's: gradient for xgblora, random for cola and lora) random (V drawn Kaiming-uniform, the paper's) or gradient (V from the top right singular vectors of each adapted weight's loss gradient on the booster's first init_batches micro-batches, found by power iteration; U starts at zero either way, so merges stay exact)."""
     init_batches: int = 1
-    """Micro-batches (from the booster's own window) whose gradient sets V (booster_init: gradient) and ranks the blocks (block_schedule: gradient*); each costs one extra forward and backward per booster."""
+    """Micro-batches (from the booster's own window) whose gradient sets V (booster_init: gradient) and ranks the blocks (block_schedule: gradient*). V costs no extra pass while init_batches <= train.grad_accum (it is set inside the booster's first step, from that step's own forward and backward); beyond that, and for ranking blocks, each costs one extra forward and backward per booster."""
     shrinkage: float = 1.0
     """Each booster's update is multiplied by this when it is merged (gradient boosting's shrinkage); 1: merged as trained."""
     merge_search_batches: int = 0

@@ -71,3 +71,16 @@ def test_block_scores_are_the_blocks_squared_gradient_norms(tiny_model_dir: Path
     for i in range(len(blocks)):
         expected = sum(float(g.square().sum()) for name, g in grads.items() if layers[name][0] == i)
         assert abs(scores[i] - expected) <= 1e-4 * expected, (i, scores[i], expected)
+
+
+def test_a_non_finite_gradient_gives_no_direction() -> None:
+    """A diverged step's flow (inf in Gy) gives sigma 0, so the booster keeps its random V and is then discarded."""
+    from xgblora_cli.core.gradient import LayerFlow
+
+    flow = LayerFlow((3, 5))
+    flow.add(torch.randn(4, 5), torch.full((4, 3), float("inf")))
+    sigma, u, v = top_singular(flow, 1, torch.Generator().manual_seed(0))
+    assert float(sigma[0]) == 0 and u.shape == (3, 1) and v.shape == (1, 5)
+    finite = LayerFlow((3, 5))
+    finite.add(torch.randn(4, 5), torch.randn(4, 3))
+    assert float(top_singular(finite, 1, torch.Generator().manual_seed(0))[0][0]) > 0

@@ -66,6 +66,39 @@ def test_gradient_init_points_v_along_the_top_singular_vector_with_u_zero(tmp_pa
     engine.discard(plain)
 
 
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_v_set_inside_the_first_step_equals_a_probe_pass_then_the_step(tmp_path: Path, tiny_model_dir: Path,
+                                                                        grad_accum: int) -> None:
+    """booster_init: gradient without a pass of its own: the booster's first step records the flows, sets V from
+    them and re-forms U's gradient for that V; V and both gradients equal a probe pass followed by the step
+    (with 3 micro-batches a step, the last two train with the new V as autograd sees it)."""
+    grads = {}
+    for fused in (True, False):
+        trainer = trainer_for(tmp_path / str(fused), tiny_model_dir, booster_init="gradient",
+                              train={"grad_accum": grad_accum, "max_grad_norm": 0})
+        trainer.fuse_init = fused
+        trainer._start_booster()
+        assert (trainer.first_step is not None) == fused
+        before = {name: a.lora_a.detach().clone() for name, a in trainer.booster.adapters.items()}
+        trainer._accumulate()
+        grads[fused] = {name: (a.lora_a.detach().clone(), a.lora_a.grad, a.lora_b.grad) for name, a in trainer.booster.adapters.items()}
+        if fused:  # the booster started at random and turned along the gradient within the step
+            assert any(not torch.equal(before[name], grads[True][name][0]) for name in before)
+    assert grads[True].keys() == grads[False].keys()
+    for name, (a, a_grad, b_grad) in grads[True].items():
+        a_ref, a_grad_ref, b_grad_ref = grads[False][name]
+        assert torch.allclose(a, a_ref, rtol=1e-4, atol=1e-6), name
+        assert b_grad is not None and float(b_grad.norm()) > 0, name
+        assert torch.allclose(b_grad, b_grad_ref, rtol=1e-4, atol=1e-7), name
+        assert (a_grad is None or not a_grad.any()) and (a_grad_ref is None or not a_grad_ref.any())  # U = 0
+
+
+def test_more_init_batches_than_the_step_has_keeps_the_probe_pass(tmp_path: Path, tiny_model_dir: Path) -> None:
+    trainer = trainer_for(tmp_path, tiny_model_dir, booster_init="gradient", init_batches=2)
+    trainer._start_booster()
+    assert trainer.first_step is None  # V was set before the step, by the probe (checked above)
+
+
 def test_gradient_schedule_picks_the_blocks_with_the_largest_gradient(tmp_path: Path, tiny_model_dir: Path) -> None:
     trainer = trainer_for(tmp_path, tiny_model_dir, block_schedule="gradient", layers_per_booster=2)
     model, engine = trainer.setup.model, trainer.engine

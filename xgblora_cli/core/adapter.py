@@ -35,6 +35,16 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(d_out, rank, device=device, dtype=torch.float32))
         self.reset_parameters(generator)
 
+    @property
+    def in_features(self) -> int:
+        """d_in, the wrapped layer's."""
+        return self.lora_a.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        """d_out, the wrapped layer's."""
+        return self.lora_b.shape[0]
+
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Kaiming-uniform ``A`` (as ``nn.Linear`` does, a = sqrt(5)) and zero ``B``."""
         bound = 1.0 / math.sqrt(self.lora_a.shape[1])

@@ -11,8 +11,9 @@ not even that). Boosters use them to start along the gradient and to choose bloc
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -80,6 +81,26 @@ def lift_input(leaf: nn.Module, leaves: list[torch.Tensor]) -> torch.utils.hooks
     return leaf.register_forward_pre_hook(lift, with_kwargs=True)
 
 
+@contextmanager
+def recording(layers: dict[str, nn.Module]) -> Iterator[dict[str, LayerFlow]]:
+    """Inside the block, every forward and backward through ``layers`` adds its ``X`` and ``Gy`` to their flows
+    (yielded, ``{name: LayerFlow}``); the hooks are removed on leaving. A position whose output carries no gradient
+    (padding, or a layer the loss does not reach) adds nothing to ``Gy.T @ X``."""
+    flows = {name: LayerFlow((layer.out_features, layer.in_features)) for name, layer in layers.items()}
+    handles = []
+    for name, layer in layers.items():
+        def keep(module, args, output, flow=flows[name]):
+            if output.requires_grad:  # x joins the flow with its gradient: a checkpoint's recompute adds nothing
+                x = _flatten(args[0])
+                output.register_hook(lambda g, x=x, flow=flow: flow.add(x, _flatten(g)))
+        handles.append(layer.register_forward_hook(keep))
+    try:
+        yield flows
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def capture(
     layers: dict[str, nn.Module],
     leaf: nn.Module,
@@ -91,27 +112,19 @@ def capture(
     ``leaf`` is the lowest module the gradient must reach (the lowest adapted block): its hidden-state input is
     made a leaf that requires grad, so backward builds and walks nothing below it. ``loss_fn`` returns the
     micro-batch's share of the loss (its mean loss over the number of micro-batches, as training sums them).
-    Only padding-free positions matter: a padded position has zero output gradient, so it adds nothing to
-    ``Gy.T @ X``. A micro-batch without a labelled position adds nothing to any flow.
+    A micro-batch without a labelled position adds nothing to any flow.
     """
-    flows = {name: LayerFlow((layer.out_features, layer.in_features)) for name, layer in layers.items()}
     leaves: list[torch.Tensor] = []
-    handles = [lift_input(leaf, leaves)]
-    for name, layer in layers.items():
-        def keep(module, args, output, flow=flows[name]):
-            if output.requires_grad:  # x joins the flow with its gradient: a checkpoint's recompute adds nothing
-                x = _flatten(args[0])
-                output.register_hook(lambda g, x=x, flow=flow: flow.add(x, _flatten(g)))
-        handles.append(layer.register_forward_hook(keep))
+    handle = lift_input(leaf, leaves)
     try:
-        for batch in batches:
-            leaves.clear()
-            loss = loss_fn(batch)
-            if loss.requires_grad and leaves:  # grad of the leaf only: the hooks see every Gy, no .grad is touched
-                torch.autograd.grad(loss, leaves[:1], allow_unused=True)
+        with recording(layers) as flows:
+            for batch in batches:
+                leaves.clear()
+                loss = loss_fn(batch)
+                if loss.requires_grad and leaves:  # grad of the leaf only: the hooks see every Gy, no .grad is touched
+                    torch.autograd.grad(loss, leaves[:1], allow_unused=True)
     finally:
-        for handle in handles:
-            handle.remove()
+        handle.remove()
     return flows
 
 
@@ -123,7 +136,7 @@ def top_singular(
 
     Each iteration costs two passes over the flow (``O(n (d_in + d_out) r)``); ``rank + 2`` vectors are
     iterated so the top ``rank`` converge faster. Every rank must call this for the same layers (the sums are
-    collective), whether or not its own flow carried a gradient; where no rank's did, sigma is zero.
+    collective), whether or not its own flow carried a gradient; where no rank's did, or the gradient is not finite, sigma is zero.
     """
     d_in = flow.shape[1]
     width = min(rank + 2, d_in)
@@ -135,6 +148,8 @@ def top_singular(
         v = ranks.sum_(flow.rmatvec(u))
         v, _ = torch.linalg.qr(v)
     u = ranks.sum_(flow.matvec(v))  # (d_out, width) = U_k diag(s) in the basis v
+    if not bool(torch.isfinite(u).all()):  # a non-finite loss: no direction (training discards such a booster)
+        return u.new_zeros(rank), u.new_zeros(flow.shape[0], rank), u.new_zeros(rank, d_in)
     small_u, sigma, small_vh = torch.linalg.svd(u, full_matrices=False)
     v_top = (v @ small_vh.t())[:, :rank]  # rotate v to the singular basis
     return sigma[:rank], small_u[:, :rank], v_top.t().contiguous()

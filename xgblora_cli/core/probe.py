@@ -18,11 +18,13 @@ at all.
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import torch
 
 from xgblora_cli.common.runtime import SINGLE, Ranks, seeded_generator
 from xgblora_cli.core.boosting import BoostingEngine, blocks_by_gradient
-from xgblora_cli.core.gradient import block_scores, capture, top_singular
+from xgblora_cli.core.gradient import LayerFlow, block_scores, capture, recording, top_singular
 from xgblora_cli.core.loss import causal_lm_loss
 from xgblora_cli.models.sharding import root_gathered
 
@@ -46,9 +48,11 @@ class BoosterProbe:
         model = self.setup.model
         return lambda batch: causal_lm_loss(model, batch)[0] / count
 
-    def start(self, index: int, step: int, attempt: int = 0) -> tuple[list[int] | None, dict[str, torch.Tensor] | None]:
+    def start(self, index: int, step: int, attempt: int = 0, directions: bool = True,
+              ) -> tuple[list[int] | None, dict[str, torch.Tensor] | None]:
         """(blocks, ``{weight name: V (r, d_in)}``) for booster ``index`` starting at ``step``; None where the plan
-        draws them instead. A retry after divergence (``attempt > 0``) starts from a random V."""
+        draws them instead, or where ``directions`` is False (V is then set inside the booster's first step:
+        :class:`FirstStepInit`). A retry after divergence (``attempt > 0``) starts from a random V."""
         batches = self.batches(step)
         model = self.setup.model
         was_training = model.training
@@ -57,7 +61,7 @@ class BoosterProbe:
             with root_gathered(model):
                 blocks = self.choose_blocks(index, batches) if self.plan.probes_blocks else self.engine.drawn_blocks(index)
                 init = None
-                if self.plan.booster_init == "gradient" and attempt == 0:
+                if self.plan.booster_init == "gradient" and attempt == 0 and directions:
                     init = self.directions(index, blocks, batches)
         finally:
             self.engine.set_block_modes(None)
@@ -74,16 +78,21 @@ class BoosterProbe:
                                   sample=self.plan.block_schedule == "gradient_sample")
 
     def directions(self, index: int, blocks: list[int], batches: list) -> dict[str, torch.Tensor]:
-        """``{weight name: V (r, d_in)}``: the top right singular vectors of each adapted weight's gradient."""
+        """``{weight name: V (r, d_in)}``: the top right singular vectors of each adapted weight's gradient, from a
+        forward and backward of its own through the chosen blocks."""
         lowest = min(blocks)
         self.engine.set_block_modes(lowest)
         layers = {name: layer for name, (_, layer) in self.engine.layers(blocks).items()}
-        flows = capture(layers, self.engine.blocks[lowest], batches, self._loss(len(batches)))
+        return self.directions_from(index, capture(layers, self.engine.blocks[lowest], batches, self._loss(len(batches))))
+
+    def directions_from(self, index: int, flows: dict[str, LayerFlow]) -> dict[str, torch.Tensor]:
+        """``{weight name: V (r, d_in)}`` from each adapted weight's flow (inputs and output gradients); a weight
+        no gradient reached is left out (it keeps its random init)."""
         generator = seeded_generator(self.engine.seed, index, "probe")
         init = {}
         for name, flow in flows.items():  # every rank, every layer: the power iteration's sums are collective
             sigma, _, v = top_singular(flow, self.plan.rank, generator, ranks=self.ranks)
-            if float(sigma[0]) > 0:  # no gradient reached this weight: it keeps its random init
+            if float(sigma[0]) > 0:
                 init[name] = v
         return init
 
@@ -117,3 +126,44 @@ class BoosterProbe:
             model.train(was_training)
         best = min(losses)
         return next(f for f, loss in zip(self.MERGE_SCALES, losses) if loss == best)
+
+
+class FirstStepInit:
+    """V set from the gradient inside a booster's first optimizer step, instead of by a probe pass of its own.
+
+    With U = 0 the model's output does not depend on V, so the first step's forward and backward are what the
+    probe would run. While the step's first ``init_batches`` micro-batches pass, each adapter records its flow (its
+    input ``X`` (n, d_in) and output gradient ``Gy`` (n, d_out)); then :meth:`apply` sets V from the flows (the
+    probe's power iteration, same seed) and re-forms U's gradient for the new V, ``dL/dB = scale * Gy^T X A^T``
+    (d_out, r), summed over those micro-batches (V's own gradient is zero while U is). The step then equals
+    probe-then-step up to rounding, one forward and backward per booster cheaper. Use as a context manager around
+    the step's micro-batches (the hooks are on inside it until :meth:`apply`); every data-parallel rank calls
+    :meth:`apply` after the same micro-batch (its sums are collective).
+    """
+
+    def __init__(self, probe: BoosterProbe, booster) -> None:  # booster: core.boosting.ActiveBooster
+        self.probe = probe
+        self.booster = booster
+        self.batches = probe.plan.init_batches
+        self._stack = ExitStack()
+        self.flows: dict[str, LayerFlow] = {}
+
+    def __enter__(self) -> "FirstStepInit":
+        self.flows = self._stack.enter_context(recording(dict(self.booster.adapters)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        """Stop recording; point each adapter's V along its flow's top right singular vectors and set U's gradient
+        (``lora_b.grad``, (d_out, r)) to what the recorded micro-batches give for that V."""
+        self._stack.close()
+        init = self.probe.directions_from(self.booster.index, self.flows)
+        for name, v in init.items():
+            adapter = self.booster.adapters[name]
+            adapter.set_direction(v)
+            grad = adapter.scale * self.flows[name].matvec(adapter.lora_a.t())  # zeros where this rank's flow is empty
+            adapter.lora_b.grad = grad.to(adapter.lora_b)
+        self.flows = {}

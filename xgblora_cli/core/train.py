@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
@@ -24,7 +25,7 @@ from xgblora_cli.common.runtime import SINGLE, Ranks
 from xgblora_cli.core.boosting import ActiveBooster, BoostingEngine
 from xgblora_cli.core.loss import causal_lm_loss
 from xgblora_cli.core.merge import FactorStack, apply_record, write_merged
-from xgblora_cli.core.probe import BoosterProbe
+from xgblora_cli.core.probe import BoosterProbe, FirstStepInit
 from xgblora_cli.core.record import Record
 from xgblora_cli.core.rundir import Checkpoint, RunDir
 from xgblora_cli.data.batches import BatchStream
@@ -111,6 +112,10 @@ class Setup:
 class Trainer:
     """Runs the boosting loop of ``setup`` into ``run``, from scratch or from its checkpoint."""
 
+    fuse_init = True
+    """Set V (booster_init: gradient) inside each booster's first optimizer step when its micro-batches cover
+    init_batches (:class:`FirstStepInit`); False: always by a probe pass of its own (the tests compare the two)."""
+
     def __init__(self, setup: Setup, run: RunDir, show_progress: bool = True,
                  after_step: Callable[[int], None] | None = None, trackers: MetricsSink | None = None) -> None:
         self.setup = setup
@@ -137,6 +142,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.carried: dict = {}  # train.carry_moments: the last merged booster's AdamW state, for the next one
         self.probe = BoosterProbe(self.engine, setup, self.ranks)
+        self.first_step: FirstStepInit | None = None  # V still to set inside the booster's first step
 
     def restore(self, ckpt: Checkpoint) -> None:
         """Continue from a checkpoint: replay the record, rebuild the booster in flight and its optimizer."""
@@ -198,8 +204,12 @@ class Trainer:
         """Attach the booster of this step's window and its fresh optimizer; with a gradient block schedule or
         gradient init, the loss gradient on the window's first micro-batches chooses its blocks or sets V first."""
         index = self.step // self.plan.steps_per_booster
-        blocks, init = self.probe.start(index, self.step, self.attempt) if self.plan.probes else (None, None)
+        fused = (self.fuse_init and self.plan.booster_init == "gradient" and self.attempt == 0
+                 and self.plan.init_batches <= self.args.grad_accum)
+        probes = self.plan.probes_blocks or (self.plan.booster_init == "gradient" and not fused)
+        blocks, init = self.probe.start(index, self.step, self.attempt, directions=not fused) if probes else (None, None)
         self.booster = self.engine.start(index, self.attempt, blocks, init)
+        self.first_step = FirstStepInit(self.probe, self.booster) if fused else None
         self.optimizer = make_optimizer(self.booster, self.args, self.peak_lr)
         carry_second_moments(self.optimizer, self.carried)
 
@@ -236,6 +246,7 @@ class Trainer:
         self.setup.model.train()
         with root_gathered(self.setup.model):  # a sharded base: its root unit whole while the loss reads the head
             total_loss, tokens = self._accumulate()
+        self.first_step = None
         self.ranks.sum_grads_(self.booster.parameters())
         total_loss, tokens = float(self.ranks.sum_(total_loss)), int(self.ranks.sum_(tokens))
         if self.args.max_grad_norm > 0:
@@ -248,14 +259,18 @@ class Trainer:
         """Forward and backward of this rank's part of every micro-batch; (its share of the mean loss, its tokens)."""
         ranks, part = self.ranks, self.ranks.slice(self.args.batch_size)  # one rank: the whole batch
         total_loss, tokens = torch.zeros((), dtype=torch.float64), torch.zeros((), dtype=torch.float64)
-        for j in range(self.args.grad_accum):
-            batch = self.setup.stream.batch(self.step * self.args.grad_accum + j, part).to(self.setup.device)
-            loss, count = causal_lm_loss(self.setup.model, batch)
-            # each rank's share of the global mean (1 for one process): summed over ranks, gradient and loss equal one process's
-            share = count / max(float(ranks.sum_(torch.tensor(float(count), dtype=torch.float64))), 1.0)
-            (loss * share / self.args.grad_accum).backward()
-            total_loss += float(loss.detach()) * share / self.args.grad_accum
-            tokens += batch.num_tokens
+        first = self.first_step
+        with first if first is not None else nullcontext():  # a booster's first step records its flows for V
+            for j in range(self.args.grad_accum):
+                batch = self.setup.stream.batch(self.step * self.args.grad_accum + j, part).to(self.setup.device)
+                loss, count = causal_lm_loss(self.setup.model, batch)
+                # each rank's share of the global mean (1 for one process): summed over ranks, gradient and loss equal one process's
+                share = count / max(float(ranks.sum_(torch.tensor(float(count), dtype=torch.float64))), 1.0)
+                (loss * share / self.args.grad_accum).backward()
+                total_loss += float(loss.detach()) * share / self.args.grad_accum
+                tokens += batch.num_tokens
+                if first is not None and j + 1 == first.batches:
+                    first.apply()
         return total_loss, tokens
 
     def fit(self) -> None:
