@@ -97,10 +97,15 @@ def test_on_a_terminal_ctrl_c_stops_the_answer_and_the_session_goes_on(tiny_run:
     term.expect("you> ")
     # Ctrl-C at the prompt: a hint, not an exit. Sent once readline waits for keys: CPython's readline checks for
     # a signal only when its select() is interrupted, so one arriving between the prompt and that select() (a
-    # window a loaded machine widens) surfaces only at the next Enter.
+    # window a loaded machine widens: it failed so once in a clean-clone run) surfaces only at the next Enter,
+    # which the test then presses; a Ctrl-C that was lost, or that ended the program, still fails.
     time.sleep(1.0)
     term.send("\x03")
-    term.expect("Ctrl-D or /exit leaves")
+    try:
+        term.expect("Ctrl-D or /exit leaves", timeout=15.0)
+    except AssertionError:
+        term.send("\n")
+        term.expect("Ctrl-D or /exit leaves")
     term.expect("you> ")
     time.sleep(0.5)  # readline has the terminal again
     term.send("\x04")  # Ctrl-D at an empty prompt leaves
