@@ -79,12 +79,11 @@ def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[s
     flows recorded in the step's forward and backward, then the power iteration), both divided by ``--kappa`` (a
     booster does them once, at its start): the ``probe`` phase. Every timed step here is a booster's first, so
     its forward and backward carry the recording hooks that training's other kappa - 1 steps do not."""
+    from contextlib import nullcontext
     from types import SimpleNamespace
 
     from xgblora_cli.core.boosting import BoostingEngine
     from xgblora_cli.core.loss import causal_lm_loss
-    from contextlib import nullcontext
-
     from xgblora_cli.core.probe import BoosterProbe, FirstStepInit
     from xgblora_cli.core.train import make_optimizer
     from xgblora_cli.models.loading import find_blocks
@@ -102,8 +101,8 @@ def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[s
     times, lowest = [], []
     for step in range(args.steps):
         blocks, init, probe_s = None, None, 0.0
-        fused = plan.booster_init == "gradient" and plan.init_batches <= 1  # as training: one micro-batch a step
-        if plan.probes_blocks or (plan.booster_init == "gradient" and not fused):
+        fused = probe.sets_v_in_step(0, 1)  # as training: one micro-batch a step
+        if probe.needs_pass(fused):
             started = time.perf_counter()
             blocks, init = probe.start(step, 0, directions=not fused)
             probe_s = time.perf_counter() - started

@@ -44,6 +44,15 @@ class BoosterProbe:
         return [self.setup.stream.batch(step * args.grad_accum + j, part).to(self.setup.device)
                 for j in range(self.plan.init_batches)]
 
+    def sets_v_in_step(self, attempt: int, micro_batches: int) -> bool:
+        """Whether booster_init: gradient sets V inside the booster's first step (:class:`FirstStepInit`): a first
+        attempt, and a step of ``micro_batches`` that covers ``init_batches``."""
+        return self.plan.booster_init == "gradient" and attempt == 0 and self.plan.init_batches <= micro_batches
+
+    def needs_pass(self, v_in_step: bool) -> bool:
+        """Whether a booster's start runs a probe pass of its own: to rank the blocks, or to set V outside the step."""
+        return self.plan.probes_blocks or (self.plan.booster_init == "gradient" and not v_in_step)
+
     def _loss(self, count: int):
         model = self.setup.model
         return lambda batch: causal_lm_loss(model, batch)[0] / count

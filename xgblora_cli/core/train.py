@@ -204,10 +204,9 @@ class Trainer:
         """Attach the booster of this step's window and its fresh optimizer; with a gradient block schedule or
         gradient init, the loss gradient on the window's first micro-batches chooses its blocks or sets V first."""
         index = self.step // self.plan.steps_per_booster
-        fused = (self.fuse_init and self.plan.booster_init == "gradient" and self.attempt == 0
-                 and self.plan.init_batches <= self.args.grad_accum)
-        probes = self.plan.probes_blocks or (self.plan.booster_init == "gradient" and not fused)
-        blocks, init = self.probe.start(index, self.step, self.attempt, directions=not fused) if probes else (None, None)
+        fused = self.fuse_init and self.probe.sets_v_in_step(self.attempt, self.args.grad_accum)
+        blocks, init = (self.probe.start(index, self.step, self.attempt, directions=not fused)
+                        if self.probe.needs_pass(fused) else (None, None))
         self.booster = self.engine.start(index, self.attempt, blocks, init)
         self.first_step = FirstStepInit(self.probe, self.booster) if fused else None
         self.optimizer = make_optimizer(self.booster, self.args, self.peak_lr)
