@@ -15,6 +15,7 @@ import contextlib
 import signal
 import sys
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Callable, Iterator, TextIO
 
 from rich.console import Console
@@ -98,14 +99,25 @@ class Session:
 
 
 @contextlib.contextmanager
-def ctrl_c_stops(flag: StopFlag) -> Iterator[None]:
-    """While generating, Ctrl-C sets ``flag`` (the answer stops at its next token) instead of interrupting."""
+def on_ctrl_c(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """``handler`` answers SIGINT (Ctrl-C) inside the block, whatever the launcher left; the previous one after it."""
     previous = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, lambda signum, frame: setattr(flag, "set", True))
+    signal.signal(signal.SIGINT, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+def ctrl_c_stops(flag: StopFlag) -> contextlib.AbstractContextManager[None]:
+    """While generating, Ctrl-C sets ``flag`` (the answer stops at its next token) instead of interrupting."""
+    return on_ctrl_c(lambda signum, frame: setattr(flag, "set", True))
+
+
+def ctrl_c_interrupts() -> contextlib.AbstractContextManager[None]:
+    """Ctrl-C raises KeyboardInterrupt (the prompt answers it with a hint) even where the launcher left SIGINT ignored:
+    a script's background job inherits it so, and Python then installs no handler of its own."""
+    return on_ctrl_c(signal.default_int_handler)
 
 
 def turn_on_terminal(session: Session, text: str, console: Console) -> None:
@@ -158,17 +170,18 @@ def run(session: Session, interactive: bool, stdin: TextIO = sys.stdin, stdout: 
     if interactive:
         _readline()
         console.print(HELP, style="dim", highlight=False)
-    while True:
-        try:
-            line = input("you> ") if interactive else stdin.readline()
-            if not interactive and line == "":
+    with ctrl_c_interrupts() if interactive else contextlib.nullcontext():
+        while True:
+            try:
+                line = input("you> ") if interactive else stdin.readline()
+                if not interactive and line == "":
+                    break
+                if not step(session, line.rstrip("\n"), interactive, console, stdout):
+                    break
+            except EOFError:
                 break
-            if not step(session, line.rstrip("\n"), interactive, console, stdout):
-                break
-        except EOFError:
-            break
-        except KeyboardInterrupt:  # outside an answer (at the prompt, or printing): the session goes on
-            print("\n(Ctrl-D or /exit leaves)", file=stdout, flush=True)
+            except KeyboardInterrupt:  # outside an answer (at the prompt, or printing): the session goes on
+                print("\n(Ctrl-D or /exit leaves)", file=stdout, flush=True)
 
 
 def step(session: Session, line: str, interactive: bool, console: Console | None, stdout: TextIO) -> bool:
