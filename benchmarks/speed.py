@@ -1,4 +1,4 @@
-"""Training-step time and peak memory: xgblora (rank 1, k blocks) vs our `lora` preset vs PEFT LoRA, same run.
+"""Training-step time and peak memory: xgblora (the preset's rank and k unless given) vs our `lora` preset vs PEFT LoRA.
 
 Each method runs in its own fresh process (so peak RSS is its own) on the same model, batch and sequence
 length, back to back in one invocation, in interleaved rounds (xgblora, lora, peft, xgblora, ...) so that a
@@ -90,7 +90,7 @@ def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[s
     from xgblora_cli.recipe import BoosterPlan, TrainArgs
 
     layers = len(find_blocks(model))
-    rank, k = (1, args.k) if method == "xgblora" else (8, layers)
+    rank, k = (args.rank, args.k) if method == "xgblora" else (8, layers)
     probing = method == "xgblora"
     plan = BoosterPlan(rank, 2.0 * rank, k, args.kappa, args.steps, layers,
                        args.block_schedule if probing else "random", args.booster_init if probing else "random", args.init_batches)
@@ -179,7 +179,7 @@ def run_round(args: argparse.Namespace, round_: int, methods: list[str], rows: d
     """One interleaved round: each method in its own fresh process, in turn; its steps pooled into ``rows``."""
     for method in methods:
         cmd = [sys.executable, "-m", "benchmarks", "speed", "--one", method, "--model", args.model, "--batch", str(args.batch),
-               "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--seed", str(round_),
+               "--seq", str(args.seq), "--steps", str(args.steps), "--k", str(args.k), "--rank", str(args.rank), "--seed", str(round_),
                "--booster-init", args.booster_init, "--block-schedule", args.block_schedule,
                "--init-batches", str(args.init_batches), "--kappa", str(args.kappa), "--dtype", args.dtype]
         cmd += ["--checkpointing"] if args.checkpointing else []
@@ -209,7 +209,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (the first is not counted)")
-    parser.add_argument("--k", type=int, default=4, help="xgblora blocks per booster")
+    parser.add_argument("--k", type=int, default=PRESETS["xgblora"].layers_per_booster, help="xgblora blocks per booster (the preset's)")
+    parser.add_argument("--rank", type=int, default=PRESETS["xgblora"].rank, help="xgblora's adapter rank (the preset's)")
     parser.add_argument("--checkpointing", action="store_true", help="gradient checkpointing for all methods")
     parser.add_argument("--booster-init", default=PRESETS["xgblora"].booster_init, choices=["random", "gradient"],
                         help="xgblora's booster init (default: the preset's)")
@@ -242,7 +243,7 @@ def main() -> None:
         phases = "  ".join(f"{phase} {row[phase]:.2f}" for phase in PHASES)
         print(f"{method:>8}: median step {row['step']:.2f} s over {len(row['steps'])} steps ({phases})   "
               f"peak RSS {row['peak_rss_mb']:.0f} MB")
-    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={len(next(iter(rows.values()))['round_medians'])} k={args.k} "
+    print(f"model={args.model} batch={args.batch} seq={args.seq} steps={args.steps} rounds={len(next(iter(rows.values()))['round_medians'])} k={args.k} rank={args.rank} "
           f"checkpointing={args.checkpointing} dtype={args.dtype}")
     if "xgblora" in rows:
         x = rows["xgblora"]

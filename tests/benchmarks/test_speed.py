@@ -26,7 +26,7 @@ def test_step_at_mean_depth_reads_the_fitted_line() -> None:
 def test_a_booster_started_from_the_gradient_pays_its_probe_over_kappa(tiny_model_dir) -> None:
     import argparse
 
-    args = argparse.Namespace(model=str(tiny_model_dir), batch=2, seq=16, steps=3, k=2, seed=0, checkpointing=False, dtype="float32",
+    args = argparse.Namespace(model=str(tiny_model_dir), batch=2, seq=16, steps=3, k=2, rank=1, seed=0, checkpointing=False, dtype="float32",
                               booster_init="gradient", block_schedule="gradient", init_batches=1, kappa=10)
     result = bench_speed.run_one("xgblora", args)
     assert all(step["probe"] > 0 for step in result["steps"])  # timed, and divided by kappa
