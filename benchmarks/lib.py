@@ -141,17 +141,17 @@ def run_name(method: str, lr: float, seed: int, extra: dict | None = None) -> st
 
 
 # The presets before the booster study (docs/boosters.md), which the recorded benchmark runs were measured with:
-# each method's rate, and the keys that hold xgblora's random V whatever the shipped presets become.
+# each method's rate, and the keys that hold xgblora's random V and rank 1 whatever the shipped presets become.
 OLD_RATES = {"xgblora": 1e-2, "cola": 1e-3, "lora": 1e-3}
-OLD_KEYS = {"xgblora": {"booster_init": "random"}}
+OLD_KEYS = {"xgblora": {"booster_init": "random", "rank": 1}}
 
 
 def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method: str, lr: float, seed: int,
               extra: dict | None = None, snapshots: int = 4, fixed: dict | None = None) -> dict:
     """Train (or reuse) one run; returns its directory, median step time, plan and trainable parameters per booster.
 
-    ``method`` is a preset, or ``control``: the xgblora preset with one booster for the whole run (rank 1 on the
-    same number of random blocks, never merged), which isolates what boosting adds. ``extra``: more recipe keys,
+    ``method`` is a preset, or ``control``: the xgblora preset with one booster for the whole run (the preset's
+    rank on the same number of random blocks, never merged), which isolates what boosting adds. ``extra``: more recipe keys,
     part of the run's name. ``fixed``: recipe keys set before ``extra`` but not part of the name (what a benchmark
     holds fixed whatever the shipped presets become). ``snapshots`` evenly spaced states are kept for learning curves. The run's total wall
     time stays in its ``bench_wall_s.txt``, which also marks a run this benchmark finished.

@@ -112,7 +112,7 @@ def test_presets_are_values_of_one_loop() -> None:
     xgb = resolve_plan(make(method="xgblora", **steps), num_layers=30)
     cola = resolve_plan(make(method="cola", **steps), num_layers=30)
     lora = resolve_plan(make(method="lora", **steps), num_layers=30)
-    assert (xgb.rank, xgb.layers_per_booster, xgb.steps_per_booster, xgb.num_boosters) == (1, 4, 10, 9)
+    assert (xgb.rank, xgb.layers_per_booster, xgb.steps_per_booster, xgb.num_boosters) == (2, 4, 10, 9)
     assert (cola.rank, cola.layers_per_booster, cola.steps_per_booster, cola.num_boosters) == (8, 30, 30, 3)
     assert (lora.rank, lora.layers_per_booster, lora.steps_per_booster, lora.num_boosters) == (8, 30, 90, 1)
     assert xgb.scale == 2.0

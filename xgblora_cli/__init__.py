@@ -1,4 +1,4 @@
-"""xgblora: fine-tune LLMs with gradient-boosted rank-1 LoRA adapters (XGBLoRA), COLA or LoRA."""
+"""xgblora: fine-tune LLMs with gradient-boosted low-rank LoRA adapters (XGBLoRA), COLA or LoRA."""
 
 __version__ = "0.1.0"
 

@@ -49,9 +49,10 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # Rank-1 boosters on a few random blocks, merged often (the paper's method), each started along its weights'
-    # loss gradient: chosen by the defaults rule over the booster study (docs/boosters.md); random V needs 1e-2.
-    "xgblora": Preset(rank=1, layers_per_booster=4, learning_rate=3e-3, steps_per_booster=10, booster_init="gradient"),
+    # Low-rank boosters on a few random blocks, merged often (the paper's method, which uses rank 1), each started
+    # along its weights' loss gradient: init, rate and rank 2 chosen by the defaults rule over the booster study
+    # (docs/boosters.md); random V needs 1e-2.
+    "xgblora": Preset(rank=2, layers_per_booster=4, learning_rate=3e-3, steps_per_booster=10, booster_init="gradient"),
     # Chain of LoRA: a few long rank-8 boosters over every block.
     "cola": Preset(rank=8, layers_per_booster="all", learning_rate=1e-3, boosters=3),
     # Plain LoRA: one booster over every block for the whole run, merged at export.
@@ -164,7 +165,7 @@ class Recipe:
     method: str = "xgblora"
     """xgblora, cola or lora: the preset that fills in rank, layers_per_booster, steps_per_booster and the learning rate."""
     rank: int | None = None
-    """Adapter rank r (unset: the preset's; xgblora 1, cola/lora 8)."""
+    """Adapter rank r (unset: the preset's; xgblora 2, cola/lora 8)."""
     alpha: float | None = None
     """Adapter scale is alpha / r (unset: 2 x rank)."""
     layers_per_booster: int | str | None = None

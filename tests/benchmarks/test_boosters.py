@@ -7,6 +7,7 @@ import json
 import pytest
 
 import benchmarks.boosters as bench_boosters
+from tests.conftest import ROOT
 from xgblora_cli.recipe import PRESETS
 
 
@@ -21,7 +22,7 @@ def record(variant: str, seed: int, acc: float, task: str = "sst2", steps: int =
 
 def test_each_variant_is_the_fixed_baseline_at_its_rate_with_its_keys() -> None:
     # the baseline stays what it was measured as, whatever the presets become
-    assert bench_boosters.rate("preset") == 1e-2 and bench_boosters.BASE_KEYS["xgblora"] == {"booster_init": "random"}
+    assert bench_boosters.rate("preset") == 1e-2 and bench_boosters.BASE_KEYS["xgblora"] == {"booster_init": "random", "rank": 1}
     assert bench_boosters.rate("control") == 1e-2  # the control: the old preset's rate
     assert bench_boosters.rate("lora") == PRESETS["lora"].learning_rate
     assert bench_boosters.rate("gradinit_lr3e-3") == 3e-3
@@ -30,10 +31,13 @@ def test_each_variant_is_the_fixed_baseline_at_its_rate_with_its_keys() -> None:
         bench_boosters.parse_args(["--variants", "nope"])
 
 
-def test_the_shipped_xgblora_preset_is_the_variant_the_study_chose() -> None:
-    _, method, lr, keys = bench_boosters.VARIANTS["gradinit_lr3e-3"]
+def test_the_shipped_xgblora_preset_is_the_variant_the_rule_picks_from_the_recorded_study() -> None:
+    _, winner = bench_boosters.rule(bench_boosters.load_results(ROOT / "benchmarks" / "results" / "boosters.json"))
+    _, method, lr, keys = bench_boosters.VARIANTS[winner]
     preset = PRESETS["xgblora"]
-    assert method == "xgblora" and preset.learning_rate == lr and preset.booster_init == keys["booster_init"]
+    assert method == "xgblora" and preset.learning_rate == lr
+    assert (preset.booster_init, preset.rank) == (keys.get("booster_init", "random"), keys.get("rank", 1))
+    assert set(keys) <= {"booster_init", "rank"}  # nothing else of the winner differs from the preset's k and kappa
 
 
 def test_records_merge_one_per_run_and_render_as_tables(tmp_path) -> None:

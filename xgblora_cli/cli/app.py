@@ -13,7 +13,7 @@ from xgblora_cli import __version__
 from xgblora_cli.common.console import make_console
 from xgblora_cli.common.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Gradient-boosted rank-1 LoRA fine-tuning.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Gradient-boosted low-rank LoRA fine-tuning.")
 console = make_console(stderr=True)  # notes, progress and results lines
 out_console = make_console()  # tables and answers (standard output)
 
@@ -64,7 +64,7 @@ def options(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                  help="print xgblora's, torch's and transformers' versions and the device, then exit"),
 ) -> None:
-    """Gradient-boosted rank-1 LoRA fine-tuning."""
+    """Gradient-boosted low-rank LoRA fine-tuning."""
 
 
 VALUE_NAMES = {"int": "N", "float": "X", "Path": "PATH", "str": "TEXT", "list[str]": "TEXT", "list[Path]": "PATH"}
