@@ -16,7 +16,7 @@ def test_dry_run_prints_recipe_and_plan_and_writes_nothing(tmp_path: Path, tiny_
     result = run_cli("train", str(recipe), "--dry-run", "train.max_steps=9")
     assert result.returncode == 0, result.stderr
     assert "max_steps: 9" in result.stdout
-    assert "boosters=3 trainable_per_booster=1024" in result.stdout
+    assert "boosters=3 trainable_per_booster=2048" in result.stdout  # the preset's rank 2
     assert not (tmp_path / "run").exists()
 
 
