@@ -171,17 +171,22 @@ def run(session: Session, interactive: bool, stdin: TextIO = sys.stdin, stdout: 
         _readline()
         console.print(HELP, style="dim", highlight=False)
     with ctrl_c_interrupts() if interactive else contextlib.nullcontext():
-        while True:
-            try:
-                line = input("you> ") if interactive else stdin.readline()
-                if not interactive and line == "":
-                    break
-                if not step(session, line.rstrip("\n"), interactive, console, stdout):
-                    break
-            except EOFError:
+        read_lines(session, interactive, console, stdin, stdout)
+
+
+def read_lines(session: Session, interactive: bool, console: Console | None, stdin: TextIO, stdout: TextIO) -> None:
+    """Read a line (the ``you>`` prompt on a terminal), act on it, until ``/exit``, Ctrl-D or the end of input."""
+    while True:
+        try:
+            line = input("you> ") if interactive else stdin.readline()
+            if not interactive and line == "":
                 break
-            except KeyboardInterrupt:  # outside an answer (at the prompt, or printing): the session goes on
-                print("\n(Ctrl-D or /exit leaves)", file=stdout, flush=True)
+            if not step(session, line.rstrip("\n"), interactive, console, stdout):
+                break
+        except EOFError:
+            break
+        except KeyboardInterrupt:  # outside an answer (at the prompt, or printing): the session goes on
+            print("\n(Ctrl-D or /exit leaves)", file=stdout, flush=True)
 
 
 def step(session: Session, line: str, interactive: bool, console: Console | None, stdout: TextIO) -> bool:
