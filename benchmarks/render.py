@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from benchmarks import (
+    booster_steps,
     boosters,
     defaults,
     diagnose,
@@ -55,6 +56,8 @@ def sections(plots: bool = True) -> list[tuple[Path, str, str, Path, Callable[[P
         (DOCS / "boosters.md", boosters.START, boosters.END, RESULTS / "boosters.json",
          lambda path: boosters.render(boosters.load_results(path))),
         (DOCS / "boosters.md", diagnose.START, diagnose.END, RESULTS / "diagnosis", diagnose.render),
+        (DOCS / "boosters.md", booster_steps.START, booster_steps.END, RESULTS / "booster_steps.json",
+         lambda path: booster_steps.render(booster_steps.load(path))),
     ]
     return out
 
