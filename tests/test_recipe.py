@@ -51,6 +51,19 @@ def test_booster_init_defaults_to_the_method_preset_and_runs_store_it_resolved()
         make(booster_init="svd")
 
 
+def test_rewarmup_defaults_to_the_method_preset_and_runs_store_it_resolved() -> None:
+    for method, preset in PRESETS.items():
+        recipe = make(method=method)
+        assert recipe.train.rewarmup_steps is None  # what the recipe says
+        assert recipe.rewarmup_steps == preset.rewarmup_steps == recipe.to_dict()["train"]["rewarmup_steps"]
+    assert PRESETS["lora"].rewarmup_steps == PRESETS["cola"].rewarmup_steps == 0
+    for steps in (0, 5):  # an explicit value, none included, beats the preset
+        recipe = make(method="xgblora", train={"rewarmup_steps": steps})
+        assert recipe.rewarmup_steps == steps and recipe.to_dict()["train"]["rewarmup_steps"] == steps
+    with pytest.raises(UserError, match="train.rewarmup_steps: must be >= 0, got -1"):
+        make(train={"rewarmup_steps": -1})
+
+
 @pytest.mark.parametrize("path", RECIPES, ids=[p.name for p in RECIPES])
 def test_every_shipped_recipe_loads_and_names_its_command(path: Path) -> None:
     recipe = load_recipe(path)

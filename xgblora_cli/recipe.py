@@ -46,6 +46,7 @@ class Preset:
     steps_per_booster: int | None = None
     boosters: int | None = None
     booster_init: str = "random"
+    rewarmup_steps: int = 0
 
 
 PRESETS: dict[str, Preset] = {
@@ -88,8 +89,8 @@ class TrainArgs:
     """Peak learning rate; unset: the method preset's (xgblora 3e-3 with boosters started along the gradient, cola and lora 1e-3; see Recipe.learning_rate)."""
     warmup_steps: int = 0
     """Linear warmup steps at the start of the run, before the cosine decay."""
-    rewarmup_steps: int = 0
-    """An extra linear re-warmup over the first steps of each booster (0: none)."""
+    rewarmup_steps: int | None = None
+    """A linear re-warmup of the rate over the first N steps of each booster (its first step at 1/N of the rate, on top of the run's schedule); unset: the method preset's (0 for every preset); 0: none."""
     u_lr_ratio: float = 1.0
     """U's learning rate over V's (LoRA+: U, the factor that starts at zero, learns faster); 1: one rate for both."""
     carry_moments: bool = False
@@ -121,7 +122,7 @@ class TrainArgs:
         for key in ("max_steps", "batch_size", "grad_accum", "max_seq_len", "checkpoint_every", "log_every", "max_failed_boosters"):
             _require(getattr(self, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_steps", "rewarmup_steps", "snapshot_every"):
-            _require(getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
+            _require(getattr(self, key) is None or getattr(self, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(self, key)}")
         _require(self.learning_rate is None or self.learning_rate > 0, "train.learning_rate", f"must be > 0, got {self.learning_rate}")
         _require(0.0 <= self.min_lr_ratio <= 1.0, "train.min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
         _require(self.u_lr_ratio > 0, "train.u_lr_ratio", f"must be > 0, got {self.u_lr_ratio}")
@@ -254,15 +255,21 @@ class Recipe:
         return self.train.learning_rate if self.train.learning_rate is not None else PRESETS[self.method].learning_rate
 
     @property
+    def rewarmup_steps(self) -> int:
+        """``train.rewarmup_steps``, or the method preset's when the recipe leaves it out."""
+        return self.train.rewarmup_steps if self.train.rewarmup_steps is not None else PRESETS[self.method].rewarmup_steps
+
+    @property
     def resolved_booster_init(self) -> str:
         """``booster_init``, or the method preset's when the recipe leaves it out."""
         return self.booster_init if self.booster_init is not None else PRESETS[self.method].booster_init
 
     def to_dict(self) -> dict[str, Any]:
-        """The recipe as plain data with the preset's learning rate and booster init filled in (what run
+        """The recipe as plain data with the preset's learning rate, re-warmup and booster init filled in (what run
         directories store, so a run reads back the same after a preset changes)."""
         data = dataclasses.asdict(self)
         data["train"]["learning_rate"] = self.learning_rate
+        data["train"]["rewarmup_steps"] = self.rewarmup_steps
         data["booster_init"] = self.resolved_booster_init
         return data
 

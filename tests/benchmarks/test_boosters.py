@@ -33,11 +33,12 @@ def test_each_variant_is_the_fixed_baseline_at_its_rate_with_its_keys() -> None:
 def test_the_shipped_xgblora_preset_is_the_variant_the_rule_picks_from_the_recorded_study() -> None:
     _, winner = bench_boosters.rule(bench_boosters.load_results(bench_boosters.parse_args([]).results))
     _, method, lr, keys = bench_boosters.VARIANTS[winner]
-    measured = {**bench_boosters.BASE_KEYS[method], **keys}  # what the winner's runs were trained with
+    measured = {"train.rewarmup_steps": 0, **bench_boosters.BASE_KEYS[method], **keys}  # what the winner's runs were trained with
     preset = PRESETS["xgblora"]
     assert method == "xgblora" and preset.learning_rate == lr
-    assert (preset.booster_init, preset.rank) == (measured["booster_init"], measured["rank"])
-    assert set(keys) <= {"booster_init", "rank"}  # nothing else of the winner differs from the preset's k and kappa
+    assert (preset.booster_init, preset.rank, preset.rewarmup_steps) == (
+        measured["booster_init"], measured["rank"], measured["train.rewarmup_steps"])
+    assert set(keys) <= {"booster_init", "rank", "train.rewarmup_steps"}  # nothing else differs from the preset's k and kappa
 
 
 def test_records_merge_one_per_run_and_render_as_tables(tmp_path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import ROOT, run_cli, tiny_recipe, write_recipe
 
@@ -31,8 +32,17 @@ def test_lr_schedule_warmup_cosine_and_rewarmup() -> None:
     assert lr_at(10, 0, args, 1.0) == pytest.approx(1.0)
     assert lr_at(55, 0, args, 1.0) == pytest.approx(0.55)
     assert lr_at(100, 0, args, 1.0) == pytest.approx(0.1)
-    rewarm = TrainArgs(max_steps=100, rewarmup_steps=4, min_lr_ratio=1.0)
-    assert [lr_at(s, 20, rewarm, 1.0) for s in (20, 21, 23, 24)] == pytest.approx([0.25, 0.5, 1.0, 1.0])
+    flat = TrainArgs(max_steps=100, min_lr_ratio=1.0)
+    assert [lr_at(s, 20, flat, 1.0, 4) for s in (20, 21, 23, 24)] == pytest.approx([0.25, 0.5, 1.0, 1.0])
+    assert lr_at(20, 20, flat, 1.0) == 1.0  # no re-warmup unless asked
+
+
+def test_each_booster_re_warms_its_rate_and_the_run_stores_the_value_it_used(tmp_path: Path, tiny_model_dir: Path) -> None:
+    recipe = recipe_from_dict(tiny_recipe(tmp_path, tiny_model_dir, train={"rewarmup_steps": 3, "min_lr_ratio": 1.0}), "r.yaml")
+    run_dir = start_run(recipe, "r.yaml", progress=False)
+    lrs = [r["lr"] for r in step_rows(run_dir)]  # boosters of 3 steps: a third, two thirds, the whole rate
+    assert lrs == pytest.approx([1e-2 / 3, 2e-2 / 3, 1e-2] * 2 + [1e-2 / 3, 2e-2 / 3])
+    assert yaml.safe_load((run_dir / "recipe.yaml").read_text())["train"]["rewarmup_steps"] == 3
 
 
 def test_a_run_directory_holds_recipe_metrics_record_and_checkpoint(tmp_path: Path, tiny_model_dir: Path) -> None:

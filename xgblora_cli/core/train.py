@@ -35,17 +35,18 @@ from xgblora_cli.models.sharding import root_gathered
 from xgblora_cli.recipe import BoosterPlan, Recipe, TrainArgs
 
 
-def lr_at(step: int, booster_start: int, args: TrainArgs, peak: float) -> float:
+def lr_at(step: int, booster_start: int, args: TrainArgs, peak: float, rewarmup_steps: int = 0) -> float:
     """Learning rate of optimizer step ``step`` (0-based): linear warmup to ``peak``, cosine decay over all steps
-    to ``min_lr_ratio``, times an optional linear re-warmup over the first ``rewarmup_steps`` of each booster."""
+    to ``min_lr_ratio``, times a linear re-warmup over the first ``rewarmup_steps`` of each booster (0: none;
+    the recipe's resolved value, Recipe.rewarmup_steps)."""
     if step < args.warmup_steps:
         factor = (step + 1) / args.warmup_steps
     else:
         span = max(1, args.max_steps - args.warmup_steps)
         progress = min(1.0, (step - args.warmup_steps) / span)
         factor = args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-    if args.rewarmup_steps:
-        factor *= min(1.0, (step - booster_start + 1) / args.rewarmup_steps)
+    if rewarmup_steps:
+        factor *= min(1.0, (step - booster_start + 1) / rewarmup_steps)
     return peak * factor
 
 
@@ -121,6 +122,7 @@ class Trainer:
         self.setup = setup
         self.args = setup.recipe.train
         self.peak_lr = setup.recipe.learning_rate
+        self.rewarmup_steps = setup.recipe.rewarmup_steps
         self.plan = setup.plan
         self.run = run
         self.record = Record(run.path)
@@ -240,7 +242,8 @@ class Trainer:
     def _train_step(self) -> tuple[float, int]:
         """One optimizer step over ``grad_accum`` micro-batches; returns (mean loss, tokens seen)."""
         assert self.booster is not None and self.optimizer is not None
-        lr = lr_at(self.step, self.booster.index * self.plan.steps_per_booster, self.args, self.peak_lr)
+        lr = lr_at(self.step, self.booster.index * self.plan.steps_per_booster, self.args, self.peak_lr,
+                   self.rewarmup_steps)
         set_rate(self.optimizer, lr)
         self.setup.model.train()
         with root_gathered(self.setup.model):  # a sharded base: its root unit whole while the loss reads the head
