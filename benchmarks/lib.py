@@ -141,9 +141,10 @@ def run_name(method: str, lr: float, seed: int, extra: dict | None = None) -> st
 
 
 # The presets before the booster study (docs/boosters.md), which the recorded benchmark runs were measured with:
-# each method's rate, and the keys that hold xgblora's random V and rank 1 whatever the shipped presets become.
+# each method's rate, and the keys that hold xgblora's random V, rank 1 and no re-warmup whatever the shipped
+# presets become.
 OLD_RATES = {"xgblora": 1e-2, "cola": 1e-3, "lora": 1e-3}
-OLD_KEYS = {"xgblora": {"booster_init": "random", "rank": 1}}
+OLD_KEYS = {"xgblora": {"booster_init": "random", "rank": 1, "train.rewarmup_steps": 0}}
 
 
 def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method: str, lr: float, seed: int,
@@ -208,9 +209,11 @@ def timed_steps(runner: Runner, out: Path, data: Path, keys: dict, steps: int, s
     """Median seconds of one step after the first two, of a fresh ``xgblora train`` of ``steps`` steps of the SST-2
     budget (batch 8, at most 128 tokens, ``data``'s records) with recipe ``keys`` (``method`` and any more), written
     to ``out``; an xgblora run draws a new booster every 2 steps, so a run covers several block draws."""
-    recipe = {"model": "smollm2-135m", "dataset": str(data), "output_dir": str(out), "seed": seed, **keys,
+    recipe = {"model": "smollm2-135m", "dataset": str(data), "output_dir": str(out), "seed": seed,
               "train": {"max_steps": steps, "batch_size": 8, "learning_rate": 1e-3, "max_seq_len": 128,
                         "warmup_steps": 1, "checkpoint_every": steps}}
+    for key, value in keys.items():  # dotted keys (train.x) as on the command line
+        apply_override(recipe, f"{key}={value}")
     if keys["method"] == "xgblora":
         recipe["steps_per_booster"] = 2
     recipe_file = out.with_suffix(".yaml")
