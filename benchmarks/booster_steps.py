@@ -141,6 +141,7 @@ def render(records: list[dict]) -> str:
 
 
 def load(path: Path) -> list[dict]:
+    """The records kept in ``path`` ([] when there is none yet)."""
     return json.loads(path.read_text())["runs"] if path.is_file() else []
 
 
