@@ -23,10 +23,9 @@ import math
 import statistics
 from pathlib import Path
 
-from benchmarks.boosters import VARIANTS, rate
+from benchmarks.boosters import VARIANTS, load_results, rate, save_results
 from benchmarks.lib import ROOT, run_name
 from benchmarks.quality import BUDGETS
-from xgblora_cli.common.fsutil import atomic_write_text
 from xgblora_cli.recipe import PRESETS
 
 START, END = "<!-- booster_steps:start -->", "<!-- booster_steps:end -->"
@@ -140,18 +139,11 @@ def render(records: list[dict]) -> str:
             + "\n".join(lines))
 
 
-def load(path: Path) -> list[dict]:
-    """The records kept in ``path`` ([] when there is none yet)."""
-    return json.loads(path.read_text())["runs"] if path.is_file() else []
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     records = measure(args)
     if not records:
         raise SystemExit(f"no finished study run with its lora twin in {', '.join(map(str, args.work))}; "
                          f"{args.results} is left as it is (run python -m benchmarks boosters first)")
-    kept = {(r["task"], r["steps"], r["variant"], r["seed"]): r for r in load(args.results)}
-    kept.update({(r["task"], r["steps"], r["variant"], r["seed"]): r for r in records})
-    atomic_write_text(args.results, json.dumps({"runs": sorted(kept.values(), key=lambda r: (r["task"], r["steps"], r["variant"], r["seed"]))}, indent=1) + "\n")
-    print(render(list(kept.values())))
+    save_results(args.results, records)  # one record per (task, steps, variant, seed), merged under the study's lock
+    print(render(load_results(args.results)))

@@ -57,7 +57,7 @@ def sections(plots: bool = True) -> list[tuple[Path, str, str, Path, Callable[[P
          lambda path: boosters.render(boosters.load_results(path))),
         (DOCS / "boosters.md", diagnose.START, diagnose.END, RESULTS / "diagnosis", diagnose.render),
         (DOCS / "boosters.md", booster_steps.START, booster_steps.END, RESULTS / "booster_steps.json",
-         lambda path: booster_steps.render(booster_steps.load(path))),
+         lambda path: booster_steps.render(boosters.load_results(path))),
     ]
     return out
 
