@@ -13,7 +13,8 @@ gives at the long-run mean depth. PEFT (benchmark-only dependency) uses its stan
 
 With a booster started from the gradient, each xgblora step carries its booster's start over kappa (the ``probe``
 phase: V set inside the booster's first step, or a probe pass where ``--init-batches`` exceeds the step's one
-micro-batch or ``--block-schedule`` probes every block). Ends with ``step_time_ratio_vs_lora=X step_time_ratio_vs_lora_range=LO-HI`` (xgblora over our lora
+micro-batch or ``--block-schedule`` probes every block; the first step's recording hooks count once in kappa steps, a
+plain step of the same booster the other kappa - 1). Ends with ``step_time_ratio_vs_lora=X step_time_ratio_vs_lora_range=LO-HI`` (xgblora over our lora
 preset: the median and range of one ratio per interleaved round, rounds repeated until that spread is known) and
 ``step_time_ratio_vs_peft=X step_time_ratio_vs_peft_range=LO-HI peak_mem_ratio_vs_peft=Y`` (xgblora over PEFT LoRA
 r=8 on all blocks, per round the same way; memory: the peaks over all rounds).
@@ -71,14 +72,28 @@ def timed_step(forward, optimizer, after_backward=None) -> dict[str, float]:
     return dict(zip(PHASES, (t1 - t0, t2 - t1, t4 - t3, t3 - t2)))
 
 
+def amortised(first: dict[str, float], later: dict[str, float] | None, probe_s: float, kappa: int) -> dict[str, float]:
+    """One xgblora step as a booster of ``kappa`` steps averages it: its start (``probe_s``, a probe pass before
+    the first step, and the first step's own ``probe`` phase, the power iteration) divided by kappa; and where
+    the first step carried the start's recording hooks (``later``: a plain step of the same booster, timed
+    after it), the other phases weighted 1 for the first step and kappa - 1 for the plain ones, as training
+    runs them. Without ``later`` every step is alike and the first step's phases are the step's."""
+    start = (probe_s + first["probe"]) / kappa
+    if later is None:
+        return {**first, "probe": start}
+    mixed = {phase: (first[phase] + (kappa - 1) * later[phase]) / kappa for phase in PHASES if phase != "probe"}
+    return {**mixed, "probe": start}
+
+
 def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[str, float]], list[int]]:
     """xgblora or the lora preset, through the product's own engine and loss; also each step's lowest adapted
     block (backward runs from the head down to it, so it sets most of the spread between xgblora's steps). With
     ``--block-schedule gradient*`` each xgblora step also pays its booster's probe through every block, and with
     ``--booster-init gradient`` the setting of V inside the booster's first step (training's FirstStepInit: its
     flows recorded in the step's forward and backward, then the power iteration), both divided by ``--kappa`` (a
-    booster does them once, at its start): the ``probe`` phase. Every timed step here is a booster's first, so
-    its forward and backward carry the recording hooks that training's other kappa - 1 steps do not."""
+    booster does them once, at its start): the ``probe`` phase. A booster whose V is set inside its first step
+    is timed twice, that first step (with the start's recording hooks) and a plain second one, weighted as
+    training runs them (:func:`amortised`)."""
     from contextlib import nullcontext
     from types import SimpleNamespace
 
@@ -109,9 +124,11 @@ def engine_steps(model, model_dir, method: str, args, data) -> tuple[list[dict[s
         booster = engine.start(step, 0, blocks, init)
         first = FirstStepInit(probe, booster) if fused else None
         optimizer = make_optimizer(booster, TrainArgs(), 1e-4)
+        forward = lambda: causal_lm_loss(model, data)[0]  # noqa: E731
         with first if first is not None else nullcontext():
-            phases = timed_step(lambda: causal_lm_loss(model, data)[0], optimizer, first.apply if first else None)
-        times.append({**phases, "probe": (probe_s + phases["probe"]) / args.kappa})
+            phases = timed_step(forward, optimizer, first.apply if first else None)
+        later = timed_step(forward, optimizer) if first is not None else None
+        times.append(amortised(phases, later, probe_s, args.kappa))
         lowest.append(min(booster.blocks))
         engine.discard(booster)
     return times, lowest

@@ -34,3 +34,12 @@ def test_a_booster_started_from_the_gradient_pays_its_probe_over_kappa(tiny_mode
     assert all(step["probe"] > 0 for step in fused["steps"])  # V set inside the first step: its power iteration
     plain = bench_speed.run_one("xgblora", argparse.Namespace(**{**vars(args), "booster_init": "random", "block_schedule": "random"}))
     assert all(step["probe"] < 1e-3 for step in plain["steps"])  # nothing between backward and the optimizer
+
+
+def test_a_boosters_first_step_counts_once_in_kappa_and_its_start_is_divided_by_kappa() -> None:
+    first = {"forward+loss": 2.0, "backward": 1.5, "optimizer": 0.1, "probe": 0.3}
+    later = {"forward+loss": 1.0, "backward": 0.5, "optimizer": 0.2, "probe": 0.0}
+    step = bench_speed.amortised(first, later, probe_s=0.7, kappa=10)
+    assert step == pytest.approx({"forward+loss": 1.1, "backward": 0.6, "optimizer": 0.19, "probe": 0.1})
+    alone = bench_speed.amortised(first, None, probe_s=0.7, kappa=10)  # no hooks in the step: it is every step
+    assert alone == pytest.approx({**first, "probe": 0.1})
