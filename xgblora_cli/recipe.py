@@ -51,10 +51,10 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # Low-rank boosters on a few random blocks, merged often (the paper's method, which uses rank 1), each started
-    # along its weights' loss gradient, its rate re-warmed over its first 3 steps: init, rate, rank 2 and the
+    # along its weights' loss gradient, its rate re-warmed over its first 5 steps: init, rate, rank 2 and the
     # re-warmup chosen by the defaults rule over the booster study (docs/boosters.md); random V needs 1e-2.
     "xgblora": Preset(rank=2, layers_per_booster=4, learning_rate=3e-3, steps_per_booster=10, booster_init="gradient",
-                      rewarmup_steps=3),
+                      rewarmup_steps=5),
     # Chain of LoRA: a few long rank-8 boosters over every block.
     "cola": Preset(rank=8, layers_per_booster="all", learning_rate=1e-3, boosters=3),
     # Plain LoRA: one booster over every block for the whole run, merged at export.
@@ -91,7 +91,7 @@ class TrainArgs:
     warmup_steps: int = 0
     """Linear warmup steps at the start of the run, before the cosine decay."""
     rewarmup_steps: int | None = None
-    """A linear re-warmup of the rate over the first N steps of each booster (its first step at 1/N of the rate, on top of the run's schedule); unset: the method preset's (xgblora 3, cola and lora 0); 0: none."""
+    """A linear re-warmup of the rate over the first N steps of each booster (its first step at 1/N of the rate, on top of the run's schedule); unset: the method preset's (xgblora 5, cola and lora 0); 0: none."""
     u_lr_ratio: float = 1.0
     """U's learning rate over V's (LoRA+: U, the factor that starts at zero, learns faster); 1: one rate for both."""
     carry_moments: bool = False
