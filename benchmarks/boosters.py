@@ -19,7 +19,6 @@ answer shares, median step time) in ``--results`` (JSON, committed); ``--report-
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import statistics
 import threading
@@ -41,7 +40,7 @@ from benchmarks.lib import (
     write_records,
 )
 from benchmarks.quality import BUDGETS  # the quality benchmark's data cuts and budgets
-from xgblora_cli.common.fsutil import atomic_write_text
+from xgblora_cli.common.fsutil import atomic_write_text, held_lock
 from xgblora_cli.evaluation.tasks.glue import GLUE
 
 VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
@@ -169,8 +168,7 @@ def save_results(path: Path, records: list[dict]) -> None:
     """Merge ``records`` into the file (a record replaces the one with the same task, steps, variant and seed),
     under a lock on the file, so that invocations side by side never lose each other's records."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with held_lock(path.with_suffix(".lock")):
         kept = {key(r): r for r in load_results(path)}
         kept.update({key(r): r for r in records})
         ordered = sorted(kept.values(), key=lambda r: (r["task"], r["steps"], list(VARIANTS).index(r["variant"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 from xgblora_cli.common.errors import UserError
 from xgblora_cli.models.base_weights import BaseWeights
 from xgblora_cli.models.loading import find_blocks, load_model, load_skeleton
+from xgblora_cli.models import sources
 from xgblora_cli.models.sources import resolve_model_dir
 
 
@@ -84,6 +87,31 @@ def test_pickle_weights_are_converted_once_only_when_allowed(tmp_path: Path, tin
     a, b = load_model(tiny_model_dir, "float32"), load_model(converted, "float32")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert torch.equal(x, y), name
+
+
+def test_runs_started_side_by_side_convert_once_and_all_load(tmp_path: Path, tiny_model_dir: Path, monkeypatch, capfd) -> None:
+    """Two runs launched at once on a fresh cache: one converts, the other waits for it and reuses the folder
+    (before the lock, both converted and the second replaced the folder while the first was loading it)."""
+    monkeypatch.setenv("XGBLORA_CACHE", str(tmp_path / "cache"))
+    src = pickle_copy(tiny_model_dir, tmp_path / "pickled")
+    calls: list[Path] = []
+    convert = sources.convert_pickle
+
+    def slow_convert(folder: Path, out: Path, trust_remote_code: bool) -> Path:
+        calls.append(out)
+        time.sleep(0.5)  # long enough for the other thread to arrive while this one converts
+        return convert(folder, out, trust_remote_code)
+
+    monkeypatch.setattr(sources, "convert_pickle", slow_convert)
+    found: list[Path] = []
+    threads = [threading.Thread(target=lambda: found.append(resolve_model_dir(str(src), allow_pickle=True))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(found) == 2 and found[0] == found[1] == calls[0]
+    assert (found[0] / "config.json").is_file() and list(found[0].glob("*.safetensors"))
+    assert "waiting for another xgblora process to finish converting" in capfd.readouterr().err
 
 
 CUSTOM_CONFIG = """

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -85,3 +89,24 @@ def publish_dir(out: Path, write) -> Path:  # write: Callable[[Path], None] fill
         raise
     _fsync_dir(out.parent)
     return out
+
+
+@contextmanager
+def held_lock(path: Path, waiting: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (made if missing) for the ``with`` block, across processes.
+
+    When another process holds it, print ``waiting`` (if given) to stderr once and block until it is released.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(waiting, file=sys.stderr, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

