@@ -165,9 +165,11 @@ def train_run(runner: Runner, work: Path, budget: TaskBudget, data: Path, method
                   "warmup_steps": max(1, budget.steps // 10), "checkpoint_every": 25,
                   "snapshot_every": max(1, budget.steps // snapshots)},
     }
-    if method == "control":
+    for key, value in (fixed or {}).items():
+        apply_override(recipe, f"{key}={value}")
+    if method == "control":  # after ``fixed``: its one booster lasts the run whatever kappa a baseline holds
         recipe["steps_per_booster"] = budget.steps
-    for key, value in {**(fixed or {}), **(extra or {})}.items():
+    for key, value in (extra or {}).items():
         apply_override(recipe, f"{key}={value}")
     info_file, timing = out / "run.json", out / "bench_wall_s.txt"
     if run_status(out) != "complete" or not timing.is_file():

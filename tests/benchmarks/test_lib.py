@@ -93,3 +93,15 @@ def test_interleaved_alternates_which_side_goes_first_and_timed_measures_one_cal
     calls: list[int] = []
     seconds = benchlib.timed(lambda: calls.append(1) or sum(range(100_000)))
     assert calls == [1] and seconds > 0
+
+
+def test_the_control_keeps_one_booster_for_the_run_whatever_kappa_the_baseline_fixes(tmp_path: Path) -> None:
+    import yaml
+
+    budget = benchlib.TaskBudget("sst2", train=10, val=5, steps=20, batch=2, seq=64)
+    fixed = {**benchlib.OLD_KEYS["xgblora"], "steps_per_booster": 10}
+    run = benchlib.train_run(FakeRunner(), tmp_path, budget, tmp_path / "d.jsonl", "control", 1e-2, 0, fixed=fixed)
+    recipe = yaml.safe_load((run["dir"] / "recipe.yaml").read_text())
+    assert recipe["method"] == "xgblora" and recipe["steps_per_booster"] == 20 and recipe["rank"] == 1
+    plain = benchlib.train_run(FakeRunner(), tmp_path, budget, tmp_path / "d.jsonl", "xgblora", 1e-2, 0, fixed=fixed)
+    assert yaml.safe_load((plain["dir"] / "recipe.yaml").read_text())["steps_per_booster"] == 10
