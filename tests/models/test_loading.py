@@ -114,6 +114,15 @@ def test_runs_started_side_by_side_convert_once_and_all_load(tmp_path: Path, tin
     assert "waiting for another xgblora process to finish converting" in capfd.readouterr().err
 
 
+
+def test_an_unwritable_cache_is_one_line_naming_it(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XGBLORA_CACHE", str(tmp_path / "file" / "cache"))
+    src = pickle_copy(tiny_model_dir, tmp_path / "pickled")
+    with pytest.raises(UserError, match=r"cache folder .*file/cache/pickle \(XGBLORA_CACHE moves it\) cannot be written"):
+        resolve_model_dir(str(src), allow_pickle=True)
+
+
 CUSTOM_CONFIG = """
 import os
 from pathlib import Path

@@ -88,7 +88,13 @@ def _cached(kind: str, name: str, stamp: str, convert: Callable[[Path], Path]) -
     out = cache_dir() / kind / f"{name}-{key}"
     if (out / "config.json").is_file():
         return out
-    with held_lock(out.with_name(f"{out.name}.lock"), f"waiting for another xgblora process to finish converting into {out}"):
+    lock = out.with_name(f"{out.name}.lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+    except OSError as err:
+        raise UserError(f"cache folder {out.parent} (XGBLORA_CACHE moves it) cannot be written: {first_line(err)}") from None
+    with held_lock(lock, f"waiting for another xgblora process to finish converting into {out}"):
         return out if (out / "config.json").is_file() else convert(out)
 
 
