@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 METHODS = {"xgblora": [], "lora r=32": ["method=lora", "rank=32", "layers_per_booster=all", "steps_per_booster=null"],
            "lora": ["method=lora", "rank=8", "layers_per_booster=all", "steps_per_booster=null"],
            "cola": ["method=cola", "rank=8", "layers_per_booster=all", "steps_per_booster=null"]}
-"""Each measured setting: overrides of the recipe (which sets rank 1, k=4 and kappa=50). ``lora`` and ``cola`` are
+"""Each measured setting: overrides of the recipe (which sets rank 2, k=4 and kappa=50; rank 1 until the GPU rows in docs/gpus.md were measured). ``lora`` and ``cola`` are
 their presets' adapters (r=8 on all blocks)."""
 
 
