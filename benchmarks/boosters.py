@@ -78,6 +78,9 @@ VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
     "gradinit_r2_rw3_kappa5_lr3e-3": ("V from the gradient, rank 2, re-warmup 3, kappa 5, rate 3e-3", "xgblora", 3e-3,
                                       {"booster_init": "gradient", "rank": 2, "train.rewarmup_steps": 3,
                                        "steps_per_booster": 5}),
+    "gradinit_r2_rw5_avg5_lr3e-3": ("the preset (rank 2, re-warmup 5, V from the gradient, rate 3e-3) ending on the mean "
+                                    "of its last 5 booster ends", "xgblora", 3e-3,
+                                    {"booster_init": "gradient", "rank": 2, "train.rewarmup_steps": 5, "average_last": 5}),
     "gradinit_rw5_lr3e-3": ("V from the gradient, rank 1, re-warmup 5, rate 3e-3", "xgblora", 3e-3,
                             {"booster_init": "gradient", "train.rewarmup_steps": 5}),
     "lora": ("lora preset", "lora", None, {}),

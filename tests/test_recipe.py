@@ -96,6 +96,7 @@ def test_overrides_reach_nested_keys_and_parse_values() -> None:
         ({"method": "dora"}, [], "method: must be one of xgblora, cola, lora"),
         ({"steps_per_booster": 500}, [], "steps_per_booster: must be <= train.max_steps (100)"),
         ({"layers_per_booster": "some"}, [], "layers_per_booster: must be an integer >= 1 or 'all'"),
+        ({"average_last": -1}, [], "r.yaml: average_last: must be >= 0, got -1"),
         ({"train": 3}, [], "train: expected a mapping of settings"),
         ({}, ["train.max_steps"], "override 'train.max_steps': an override must look like dotted.key=value"),
         ({}, ["train.max_steps=0"], "train.max_steps: must be >= 1, got 0"),
@@ -139,6 +140,12 @@ def test_explicit_values_beat_the_preset_and_T_rounds_up() -> None:
 def test_k_larger_than_the_model_is_refused() -> None:
     with pytest.raises(ValueError, match="layers_per_booster: must be <= the model's 4 blocks, got 6"):
         resolve_plan(make(layers_per_booster=6), num_layers=4)
+
+
+def test_averaging_more_boosters_than_the_run_has_is_refused() -> None:
+    assert resolve_plan(make(average_last=10, train={"max_steps": 100}), num_layers=30).average_last == 10
+    with pytest.raises(ValueError, match="average_last: must be <= the run's 10 boosters"):
+        resolve_plan(make(average_last=11, train={"max_steps": 100}), num_layers=30)
 
 
 def test_every_recipe_field_has_a_docstring_and_the_docs_table_is_generated_from_them() -> None:

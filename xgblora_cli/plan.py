@@ -110,8 +110,9 @@ def weight_bytes(s: Shape, b: int, quantization: str) -> int:
 
 
 def record_bytes(plan: BoosterPlan, trainable: int) -> int:
-    """The record's size: every booster's factors in fp32 (``trainable`` values per booster)."""
-    return plan.num_boosters * trainable * 4
+    """The record's size: every booster's factors in fp32 (``trainable`` values per booster), and with
+    ``average_last: N`` the tail average's entry (the factors of N - 1 boosters)."""
+    return (plan.num_boosters + max(0, plan.average_last - 1)) * trainable * 4
 
 
 def sharded_weight_bytes(s: Shape, b: int, world: int, quantization: str = "none") -> int:

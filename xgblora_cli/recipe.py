@@ -184,6 +184,8 @@ class Recipe:
     """Each booster's update is multiplied by this when it is merged (gradient boosting's shrinkage); 1: merged as trained."""
     merge_search_batches: int = 0
     """A line search at each merge: the booster's update is scaled by 1, 1/2 or 0, whichever gives the lowest loss on this many micro-batches of the next window (not yet trained on); each costs three forward passes per booster; 0: merged as trained."""
+    average_last: int = 0
+    """The run ends with the mean of the weights at its last N booster ends (tail averaging): the same as its last N boosters merged at N/N, (N-1)/N, ... 1/N, so no single late booster decides the end model. Training is unchanged; the mean is one more record entry once the last booster merges, and eval --step at an earlier step gives the weights as trained; 0 or 1: the last booster's end."""
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
     """Linear layers adapted in each chosen block (q, k, v, o, gate, up, down _proj)."""
     dtype: str = "float32"
@@ -244,6 +246,7 @@ class Recipe:
         _require(self.init_batches >= 1, "init_batches", f"must be >= 1, got {self.init_batches}")
         _require(0 < self.shrinkage <= 1, "shrinkage", f"must be in (0, 1], got {self.shrinkage}")
         _require(self.merge_search_batches >= 0, "merge_search_batches", f"must be >= 0, got {self.merge_search_batches}")
+        _require(self.average_last >= 0, "average_last", f"must be >= 0, got {self.average_last}")
         _require(self.dataset_format in FORMATS, "dataset_format", f"must be one of {', '.join(FORMATS)}, got {self.dataset_format!r}")
         _require(self.train.sharding == "none" or self.quantization in ("none", "4bit"), "train.sharding",
                  f"fsdp shards a bf16/fp16/fp32 or 4bit base; a {self.quantization} base is not supported with it (use quantization: none or 4bit)")
@@ -290,6 +293,7 @@ class BoosterPlan:
     init_batches: int = 1
     shrinkage: float = 1.0
     merge_search_batches: int = 0
+    average_last: int = 0
 
     @property
     def scale(self) -> float:
@@ -322,8 +326,12 @@ def resolve_plan(recipe: Recipe, num_layers: int) -> BoosterPlan:
         kappa = min(preset.steps_per_booster, steps)
     else:
         kappa = math.ceil(steps / preset.boosters)
-    return BoosterPlan(rank, float(alpha), k, kappa, math.ceil(steps / kappa), num_layers, recipe.block_schedule,
-                       recipe.resolved_booster_init, recipe.init_batches, recipe.shrinkage, recipe.merge_search_batches)
+    boosters = math.ceil(steps / kappa)
+    if recipe.average_last > boosters:
+        raise RecipeError("average_last", f"must be <= the run's {boosters} boosters (train.max_steps / steps_per_booster), got {recipe.average_last}")
+    return BoosterPlan(rank, float(alpha), k, kappa, boosters, num_layers, recipe.block_schedule,
+                       recipe.resolved_booster_init, recipe.init_batches, recipe.shrinkage, recipe.merge_search_batches,
+                       recipe.average_last)
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -82,9 +82,10 @@ def test_existing_runs_are_never_overwritten_silently(tmp_path: Path, tiny_model
     start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", overwrite=True, progress=False)
 
 
-def _final_weights(run_dir: Path, model_dir: Path) -> dict[str, torch.Tensor]:
+def _final_weights(run_dir: Path, model_dir: Path, upto: int | None = None) -> dict[str, torch.Tensor]:
+    """The weights of ``base + record`` (its first ``upto`` entries)."""
     model = load_model(model_dir, "float32")
-    apply_record(model, BaseWeights(model_dir), Record(run_dir).load())
+    apply_record(model, BaseWeights(model_dir), Record(run_dir).load()[:upto])
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 

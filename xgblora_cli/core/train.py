@@ -3,14 +3,16 @@
 The loop is the same for every method; the plan (rank, k, kappa) decides whether it is XGBLoRA, COLA or LoRA.
 Order of durable writes at the end of a booster: its factors into the record, then the checkpoint that says
 the booster is merged. A crash between the two is repaired on resume by truncating the record to the
-checkpoint's count, so a booster is never merged twice. Loading, checks and the run directory's creation are
-:mod:`xgblora_cli.runner`'s; this module only trains what it is given.
+checkpoint's count, so a booster is never merged twice. With ``average_last`` the tail average is appended after
+the last booster and before the final checkpoint, under the same rule. Loading, checks and the run directory's
+creation are :mod:`xgblora_cli.runner`'s; this module only trains what it is given.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +24,12 @@ from torch import nn
 from xgblora_cli.common.errors import UserError
 from xgblora_cli.common.progress import NoProgress, TrainProgress
 from xgblora_cli.common.runtime import SINGLE, Ranks
+from xgblora_cli.core.averaging import tail_average
 from xgblora_cli.core.boosting import ActiveBooster, BoostingEngine
 from xgblora_cli.core.loss import causal_lm_loss
 from xgblora_cli.core.merge import FactorStack, apply_record, write_merged
 from xgblora_cli.core.probe import BoosterProbe, FirstStepInit
-from xgblora_cli.core.record import Record
+from xgblora_cli.core.record import BoosterFactors, Record
 from xgblora_cli.core.rundir import Checkpoint, RunDir
 from xgblora_cli.data.batches import BatchStream
 from xgblora_cli.data.prompts import PromptFormat
@@ -133,6 +136,7 @@ class Trainer:
         torch.manual_seed(setup.recipe.seed)
         self.base = BaseWeights(setup.model_dir)
         self.stack = FactorStack()  # the merged boosters' factors: the record, in memory
+        self.tail: deque[BoosterFactors] = deque(maxlen=max(1, self.plan.average_last))  # the last merged, for average_last
         self.engine = BoostingEngine(
             setup.model, setup.plan, setup.recipe.target_modules, setup.recipe.seed,
             gradient_checkpointing=self.args.gradient_checkpointing,
@@ -152,6 +156,7 @@ class Trainer:
             self.record.truncate(ckpt.recorded)
         boosters = self.record.load()[: ckpt.recorded]
         self.stack = apply_record(self.setup.model, self.base, boosters)
+        self.tail.extend(boosters)
         self.step = ckpt.step
         self.attempt, self.failures = ckpt.attempt, ckpt.failures
         if ckpt.booster is not None:
@@ -195,12 +200,27 @@ class Trainer:
         write_merged(self.setup.model, self.base, self.stack, self.stack.add(done))
         if self.ranks.main:
             self.record.append(done, self.step)
+        self.tail.append(done)
         self._log({"step": self.step, "event": "booster_merged", "booster": done.index, "blocks": done.blocks,
                    **({"merge_scale": factor} if self.plan.merge_search_batches else {})})
         if self.args.carry_moments and self.optimizer is not None:
             self.carried = self.optimizer.state_dict()["state"]
         self.booster, self.optimizer = None, None
         self.failures = 0
+
+    def _average_tail(self) -> None:
+        """End on the mean of the weights at the last ``average_last`` booster ends: one more record entry
+        (:func:`~xgblora_cli.core.averaging.tail_average`), merged exactly like a booster, written before the
+        final checkpoint so a resume never appends it twice."""
+        tail = list(self.tail)
+        if len(tail) < 2:
+            return
+        done = tail_average(tail, tail[-1].index + 1)
+        self.ranks.check_same(done.digest(), "the tail average")
+        write_merged(self.setup.model, self.base, self.stack, self.stack.add(done))
+        if self.ranks.main:
+            self.record.append(done, self.step)
+        self._log({"step": self.step, "event": "tail_averaged", "boosters": [b.index for b in tail]})
 
     def _start_booster(self) -> None:
         """Attach the booster of this step's window and its fresh optimizer; with a gradient block schedule or
@@ -296,6 +316,8 @@ class Trainer:
                 booster_done = self.step % kappa == 0 or self.step == total
                 if booster_done and self.booster is not None:
                     self._merge(self.booster)
+                if self.step == total and self.plan.average_last > 1:
+                    self._average_tail()
                 if booster_done:
                     self.attempt = 0
                 if booster_done or self.step % self.args.checkpoint_every == 0:
