@@ -7,6 +7,7 @@ the disk has room, and only then creates or continues the run directory (rank 0 
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -69,11 +70,13 @@ def prepare(recipe: Recipe, source: str, ranks: Ranks = SINGLE) -> Setup:
     return Setup(recipe, plan, model_dir, model, stream, trainable, device, prompt, ranks)
 
 
-def _first_difference(stored: dict, given: dict, prefix: str = "") -> str | None:
+def _first_difference(stored: dict, given: dict, defaults: dict, prefix: str = "") -> str | None:
+    """The first key whose value differs, as ``key (run: a, now: b)``; a key the stored recipe lacks (one added to
+    xgblora after the run started) counts as its default."""
     for key in sorted(set(stored) | set(given)):
-        a, b = stored.get(key), given.get(key)
+        a, b = stored.get(key, defaults.get(key)), given.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            found = _first_difference(a, b, f"{prefix}{key}.")
+            found = _first_difference(a, b, defaults.get(key) or {}, f"{prefix}{key}.")
             if found:
                 return found
         elif a != b:
@@ -87,7 +90,8 @@ def _check_resumable(run: RunDir, recipe: Recipe) -> None:
     stored = yaml.safe_load(run.recipe_file.read_text())
     given = recipe.to_dict()
     stored.pop("eval", None), given.pop("eval", None)  # evaluation settings do not change training
-    diff = _first_difference(stored, given)
+    defaults = dataclasses.asdict(Recipe(model="-", dataset="-", output_dir="-"))
+    diff = _first_difference(stored, given, defaults)
     if diff:
         raise UserError(f"--resume: the recipe differs from the one {run.path} was started with: {diff}")
 

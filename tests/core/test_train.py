@@ -82,6 +82,17 @@ def test_existing_runs_are_never_overwritten_silently(tmp_path: Path, tiny_model
     start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", overwrite=True, progress=False)
 
 
+def test_a_run_started_before_a_key_existed_resumes_at_that_keys_default(tmp_path: Path, tiny_model_dir: Path) -> None:
+    fields = tiny_recipe(tmp_path, tiny_model_dir, steps_per_booster=1, train={"max_steps": 2})
+    run_dir = start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
+    stored = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    del stored["average_last"], stored["train"]["u_lr_ratio"]  # as an older xgblora wrote it
+    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(stored))
+    assert start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", resume=True, progress=False) == run_dir
+    with pytest.raises(UserError, match=r"recipe differs .*average_last \(run: 0, now: 2\)"):
+        start_run(recipe_from_dict({**fields, "average_last": 2}, "r.yaml"), "r.yaml", resume=True, progress=False)
+
+
 def _final_weights(run_dir: Path, model_dir: Path, upto: int | None = None) -> dict[str, torch.Tensor]:
     """The weights of ``base + record`` (its first ``upto`` entries)."""
     model = load_model(model_dir, "float32")
