@@ -35,7 +35,7 @@ def averaged_copy(run_dir: Path, last: int, out: Path) -> Path:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, out / name)
     shutil.copytree(record.dir, out / "boosters")
-    Record(out).append(tail_average(boosters[-last:], boosters[-1].index + 1), steps[-1])
+    Record(out).append(tail_average(boosters[-last:]), steps[-1])
     return out
 
 

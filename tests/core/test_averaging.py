@@ -38,7 +38,7 @@ def test_the_entry_makes_the_mean_of_the_weights_at_the_last_booster_ends() -> N
     # weight "a" is in every booster, "b" only in some of the tail (so its factors in the entry are fewer)
     boosters = [booster(0, ["a", "b"]), booster(1, ["a"]), booster(2, ["a", "b"]), booster(3, ["a"]), booster(4, ["a", "b"], rank=1)]
     w0 = {n: torch.randn(6, 5, generator=torch.Generator().manual_seed(9)) for n in ("a", "b")}
-    entry = tail_average(boosters[-3:], index=5)
+    entry = tail_average(boosters[-3:])
     assert entry.index == 5 and entry.blocks == [2, 3, 4, 5]
     assert entry.factors["a"][0].shape == (6, 3) and entry.factors["a"][1].shape == (3, 5)  # boosters 3 and 4, ranks 2 + 1
     assert entry.factors["b"][0].shape == (6, 1)  # booster 4 only: booster 2 is the oldest of the tail, kept whole

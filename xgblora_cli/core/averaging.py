@@ -21,23 +21,23 @@ def tail_weights(count: int) -> list[float]:
     return [(count - j) / count for j in range(count)]
 
 
-def tail_average(tail: list[BoosterFactors], index: int) -> BoosterFactors:
+def tail_average(tail: list[BoosterFactors]) -> BoosterFactors:
     """The record entry that turns the last weights into the mean of the weights at the ends of ``tail``.
 
-    tail: the last N merged boosters, oldest first, each ``{weight: (U (d_out, r), V (r, d_in))}``; returns booster
-    ``index`` adapting the union of their blocks, whose factors for a weight are the tail's factors of that weight
-    side by side, U scaled by ``tail_weights(N)[j] - 1`` (d_out, R) and V as it was (R, d_in); R is the summed rank
-    of the tail boosters that touched the weight, the oldest (scaled by 0) left out.
+    tail: the last N merged boosters, oldest first, each ``{weight: (U (d_out, r), V (r, d_in))}``; returns the
+    entry after them (index: the last one's + 1) adapting the union of their blocks, whose factors for a weight
+    are the tail's factors of that weight side by side, U scaled by ``tail_weights(N)[j] - 1`` (d_out, R) and V as
+    it was (R, d_in); R is the summed rank of the tail boosters that touched the weight, the oldest (scaled by 0)
+    left out.
     """
     weights = tail_weights(len(tail))
-    factors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
     for booster, weight in zip(tail, weights):
         if weight == 1.0:
             continue
         for name, (u, v) in booster.factors.items():
             parts.setdefault(name, []).append(((weight - 1.0) * u, v))
-    for name, pairs in parts.items():
-        factors[name] = (torch.cat([u for u, _ in pairs], dim=1), torch.cat([v for _, v in pairs], dim=0))
+    factors = {name: (torch.cat([u for u, _ in pairs], dim=1), torch.cat([v for _, v in pairs], dim=0))
+               for name, pairs in parts.items()}
     blocks = sorted({block for booster in tail for block in booster.blocks})
-    return BoosterFactors(index, blocks, factors)
+    return BoosterFactors(tail[-1].index + 1, blocks, factors)

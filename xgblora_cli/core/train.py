@@ -196,10 +196,7 @@ class Trainer:
         """Fold a finished booster into the weights exactly and append it to the record (rank 0 writes)."""
         factor = self.probe.merge_scale(booster, self.step) if self.plan.merge_search_batches else 1.0
         done = self.engine.finish(booster, factor)
-        self.ranks.check_same(done.digest(), f"booster {done.index + 1}")
-        write_merged(self.setup.model, self.base, self.stack, self.stack.add(done))
-        if self.ranks.main:
-            self.record.append(done, self.step)
+        self._fold_in(done, f"booster {done.index + 1}")
         self.tail.append(done)
         self._log({"step": self.step, "event": "booster_merged", "booster": done.index, "blocks": done.blocks,
                    **({"merge_scale": factor} if self.plan.merge_search_batches else {})})
@@ -208,6 +205,14 @@ class Trainer:
         self.booster, self.optimizer = None, None
         self.failures = 0
 
+    def _fold_in(self, entry: BoosterFactors, what: str) -> None:
+        """Merge a record entry into the weights exactly and append it to the record at this step (rank 0 writes),
+        once every rank holds the same ``what``."""
+        self.ranks.check_same(entry.digest(), what)
+        write_merged(self.setup.model, self.base, self.stack, self.stack.add(entry))
+        if self.ranks.main:
+            self.record.append(entry, self.step)
+
     def _average_tail(self) -> None:
         """End on the mean of the weights at the last ``average_last`` booster ends: one more record entry
         (:func:`~xgblora_cli.core.averaging.tail_average`), merged exactly like a booster, written before the
@@ -215,11 +220,7 @@ class Trainer:
         tail = list(self.tail)
         if len(tail) < 2:
             return
-        done = tail_average(tail, tail[-1].index + 1)
-        self.ranks.check_same(done.digest(), "the tail average")
-        write_merged(self.setup.model, self.base, self.stack, self.stack.add(done))
-        if self.ranks.main:
-            self.record.append(done, self.step)
+        self._fold_in(tail_average(tail), "the tail average")
         self._log({"step": self.step, "event": "tail_averaged", "boosters": [b.index for b in tail]})
 
     def _start_booster(self) -> None:
