@@ -114,7 +114,6 @@ def test_runs_started_side_by_side_convert_once_and_all_load(tmp_path: Path, tin
     assert "waiting for another xgblora process to finish converting" in capfd.readouterr().err
 
 
-
 def test_an_unwritable_cache_is_one_line_naming_it(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> None:
     (tmp_path / "file").write_text("not a folder")
     monkeypatch.setenv("XGBLORA_CACHE", str(tmp_path / "file" / "cache"))
