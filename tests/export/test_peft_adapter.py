@@ -1,5 +1,6 @@
 """`xgblora export --format peft`: the exact adapter loads in PEFT and gives the merged model's logits; a truncated
-one keeps what a direct SVD says it can; refusals are one line and write nothing."""
+one keeps what a direct SVD says it can; refusals are one line and write nothing. The run ends on its tail average
+(``average_last``), so the record's last entry is the one whose factors are other boosters' scaled copies."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from xgblora_cli.runner import start_run
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_model_dir: Path) -> Path:
     tmp = tmp_path_factory.mktemp("peft")
-    fields = tiny_recipe(tmp, tiny_model_dir, rank=2, layers_per_booster=2, steps_per_booster=2, train={"max_steps": 8, "learning_rate": 3e-2})
+    fields = tiny_recipe(tmp, tiny_model_dir, rank=2, layers_per_booster=2, steps_per_booster=2, average_last=3,
+                         train={"max_steps": 8, "learning_rate": 3e-2})
     return start_run(recipe_from_dict(fields, "r.yaml"), "r.yaml", progress=False)
 
 
@@ -52,7 +54,9 @@ def test_the_exact_adapter_in_peft_equals_the_merged_model(run_dir: Path, tmp_pa
     assert config["r"] == config["lora_alpha"] == summary["rank"] and config["rank_pattern"] == {}
     assert sorted(config["target_modules"]) == sorted(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     stack = FactorStack()
-    for booster in Record(run_dir).load():
+    record = Record(run_dir).load()
+    assert [b.index for b in record] == [0, 1, 2, 3, 4]  # 4 boosters of 2 steps, then the mean of the last 3 ends
+    for booster in record:
         stack.add(booster)
     stacked_rank = max(stack.stacked(name, torch.float32)[1].shape[0] for name in stack.factors)  # every booster's rank
     assert summary["rank"] == stacked_rank > max(len(pairs) for pairs in stack.factors.values()) > 1  # rank-2 boosters, zero-padded
