@@ -85,6 +85,9 @@ VARIANTS: dict[str, tuple[str, str, float | None, dict]] = {
                             {"booster_init": "gradient", "train.rewarmup_steps": 5}),
     "lora": ("lora preset", "lora", None, {}),
     "control": ("one never-merged rank-1 booster", "control", None, {}),
+    "control_gradinit_r2_rw5_lr3e-3": ("one never-merged booster with the preset's settings (rank 2, V from the gradient, "
+                                       "re-warmup 5, rate 3e-3)", "control", 3e-3,
+                                       {"booster_init": "gradient", "rank": 2, "train.rewarmup_steps": 5}),
 }
 START, END = "<!-- bench_boosters:start -->", "<!-- bench_boosters:end -->"
 

@@ -27,6 +27,12 @@ def test_each_variant_is_the_fixed_baseline_at_its_rate_with_its_keys() -> None:
     assert bench_boosters.rate("lora") == PRESETS["lora"].learning_rate
     assert bench_boosters.rate("gradinit_lr3e-3") == 3e-3
     assert bench_boosters.VARIANTS["gradinit"][3] == {"booster_init": "gradient"}
+    # the second control is the shipped preset's settings with one booster, so it isolates what merging adds
+    _, method, lr, keys = bench_boosters.VARIANTS["control_gradinit_r2_rw5_lr3e-3"]
+    preset = PRESETS["xgblora"]
+    assert method == "control" and lr == preset.learning_rate
+    assert (keys["booster_init"], keys["rank"], keys["train.rewarmup_steps"]) == (preset.booster_init, preset.rank,
+                                                                                   preset.rewarmup_steps)
     with pytest.raises(SystemExit):
         bench_boosters.parse_args(["--variants", "nope"])
 
@@ -58,9 +64,11 @@ def test_records_merge_one_per_run_and_render_as_tables(tmp_path) -> None:
 def test_the_defaults_rule_takes_the_best_worst_case_over_both_tasks() -> None:
     records = [record("preset", 0, 80.0), record("preset", 1, 70.0), record("gradinit", 0, 82.0),
                record("preset", 0, 55.0, task="rte", steps=400), record("gradinit", 0, 50.0, task="rte", steps=400),
-               record("uv4", 0, 90.0), record("lora", 0, 88.0), record("lora", 0, 65.0, task="rte", steps=400)]
+               record("uv4", 0, 90.0), record("lora", 0, 88.0), record("lora", 0, 65.0, task="rte", steps=400),
+               record("control_gradinit_r2_rw5_lr3e-3", 0, 95.0),
+               record("control_gradinit_r2_rw5_lr3e-3", 0, 70.0, task="rte", steps=400)]
     table, winner = bench_boosters.rule(records)
     # preset: min(75 / 82, 55 / 55) = 0.915; gradinit: min(82 / 82, 50 / 55) = 0.909; uv4 has no RTE; lora is no variant
     assert winner == "preset"
     assert "| old xgblora preset (random V) (`preset`) | 75.0 (n=2) | 55.0 (n=1) | 0.915 | the rule picks it |" in table
-    assert "`uv4`" not in table and "`lora`" not in table
+    assert "`uv4`" not in table and "`lora`" not in table and "`control_" not in table  # a control is no candidate
